@@ -1,0 +1,75 @@
+#pragma once
+/// The public attention kernels: standard softmax attention and differential attention.
+///
+/// Shapes: q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv], out [B, Hq, Nq, Dv],
+/// with Hq % Hkv == 0 (grouped-query attention: query head h reads kv head
+/// h / (Hq / Hkv)). Any strides >= 0, but the last dimension of every tensor is
+/// contiguous. Empty extents are valid and write nothing.
+///
+/// Errors: a rank, extent, GQA ratio, λ length or mask shape that does not fit, a
+/// non-contiguous last dimension, an output whose elements overlap, or an output that
+/// shares memory with an input throws diffattn::shape_error (a std::invalid_argument)
+/// naming the argument, the dimension, expected and got. A non-finite scale or negative
+/// thread count throws std::invalid_argument. Nothing is read or written before the
+/// checks pass.
+///
+/// Edge cases:
+/// - A row that sees no key (all −inf in the mask, causal with Nq > Nk, or Nk = 0)
+///   gives a zero output row, not NaN.
+/// - Logits are shifted by their row maximum before exp(), so logits up to ±1e30 (and
+///   +inf/−inf in the mask) do not overflow.
+/// - NaN: a NaN or +inf logit (from q, k or the mask) makes its whole output row NaN.
+///   A NaN in v row j makes NaN every output row that can see key j; for rows where key
+///   j is masked it may or may not propagate. A NaN λ makes its rows NaN.
+///
+/// Accuracy: the results match diffattn::reference (which accumulates in double) to
+/// within the bounds documented on each kernel.
+
+#include "diffattn/options.hpp"
+#include "diffattn/reference.hpp"
+#include "diffattn/tensor.hpp"
+#include "diffattn/validation.hpp"
+
+namespace diffattn {
+
+/// Standard attention: out = softmax(scale·q·kᵀ + mask)·v.
+/// q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv], out [B, Hq, Nq, Dv].
+/// Currently computed by the double-accumulating reference loops (error ≤ 1 rounding of
+/// the output to T); the fused SIMD kernels replace them without changing the API.
+template <class T>
+void softmax_attention(detail::identity_t<TensorView<const T, 4>> q,
+                       detail::identity_t<TensorView<const T, 4>> k,
+                       detail::identity_t<TensorView<const T, 4>> v, TensorView<T, 4> out,
+                       const detail::identity_t<AttentionOptions<T>>& options = {}) {
+  detail::reference_softmax_attention<T>("softmax_attention", q, k, v, out, options);
+}
+
+/// Differential attention with one λ per query head:
+/// out = (softmax(scale·q1·k1ᵀ + mask) − λ[h]·softmax(scale·q2·k2ᵀ + mask))·v.
+/// q1, q2 [B, Hq, Nq, D], k1, k2 [B, Hkv, Nk, D] (k2 may be k1), v [B, Hkv, Nk, Dv],
+/// lambda [Hq] (or [1], or stride 0, to share one value), out [B, Hq, Nq, Dv].
+template <class T>
+void diff_attention(detail::identity_t<TensorView<const T, 4>> q1,
+                    detail::identity_t<TensorView<const T, 4>> q2,
+                    detail::identity_t<TensorView<const T, 4>> k1,
+                    detail::identity_t<TensorView<const T, 4>> k2,
+                    detail::identity_t<TensorView<const T, 4>> v,
+                    detail::identity_t<TensorView<const T, 1>> lambda, TensorView<T, 4> out,
+                    const detail::identity_t<AttentionOptions<T>>& options = {}) {
+  detail::reference_diff_attention<T>("diff_attention", q1, q2, k1, k2, v, lambda, out, options);
+}
+
+/// Differential attention with λ per query token and head (the 2026 "V2" form, where
+/// λ = sigmoid(x·Wλ)). lambda [B|1, Hq|1, Nq|1]; extent-1 dimensions broadcast.
+template <class T>
+void diff_attention(detail::identity_t<TensorView<const T, 4>> q1,
+                    detail::identity_t<TensorView<const T, 4>> q2,
+                    detail::identity_t<TensorView<const T, 4>> k1,
+                    detail::identity_t<TensorView<const T, 4>> k2,
+                    detail::identity_t<TensorView<const T, 4>> v,
+                    detail::identity_t<TensorView<const T, 3>> lambda, TensorView<T, 4> out,
+                    const detail::identity_t<AttentionOptions<T>>& options = {}) {
+  detail::reference_diff_attention<T>("diff_attention", q1, q2, k1, k2, v, lambda, out, options);
+}
+
+}  // namespace diffattn

@@ -1,0 +1,13 @@
+#pragma once
+/// Umbrella header: everything diffattn offers.
+
+#include "diffattn/version.hpp"
+#include "diffattn/errors.hpp"
+#include "diffattn/tensor.hpp"
+#include "diffattn/eigen.hpp"
+#include "diffattn/options.hpp"
+#include "diffattn/validation.hpp"
+#include "diffattn/lambda.hpp"
+#include "diffattn/layouts.hpp"
+#include "diffattn/reference.hpp"
+#include "diffattn/attention.hpp"

@@ -1,0 +1,348 @@
+#pragma once
+/// TensorView (non-owning, strided, mdspan-like) and Tensor (owning, 64-byte aligned).
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+
+#include "diffattn/errors.hpp"
+
+namespace diffattn {
+
+/// Signed index type for extents, strides and indices (as Eigen::Index).
+using index_t = std::ptrdiff_t;
+
+namespace detail {
+
+template <std::size_t Rank>
+constexpr std::array<index_t, Rank> row_major_strides(const std::array<index_t, Rank>& shape) {
+  std::array<index_t, Rank> strides{};
+  index_t running = 1;
+  for (std::size_t d = Rank; d-- > 0;) {
+    strides[d] = running;
+    running *= shape[d];
+  }
+  return strides;
+}
+
+/// Product of extents; throws if it would overflow index_t.
+template <std::size_t Rank>
+index_t checked_element_count(const std::array<index_t, Rank>& shape) {
+  index_t count = 1;
+  for (std::size_t d = 0; d < Rank; ++d) {
+    if (shape[d] < 0) {
+      throw_shape_error("tensor dimension ", d, ": expected an extent >= 0, got ", shape[d]);
+    }
+    if (shape[d] != 0 && count > std::numeric_limits<index_t>::max() / shape[d]) {
+      throw_shape_error("tensor shape: element count overflows std::ptrdiff_t");
+    }
+    count *= shape[d];
+  }
+  return count;
+}
+
+}  // namespace detail
+
+/// A non-owning strided view of a Rank-dimensional array, in the spirit of mdspan
+/// with layout_stride. Extents and strides are in elements; strides are >= 0 (0
+/// broadcasts). Trivially copyable: pass by value. Copying a view never copies data.
+template <class T, std::size_t Rank>
+class TensorView {
+  static_assert(Rank >= 1, "TensorView needs rank >= 1");
+
+ public:
+  using element_type = T;
+  using value_type = std::remove_cv_t<T>;
+  using shape_type = std::array<index_t, Rank>;
+  static constexpr std::size_t rank = Rank;
+
+  /// An empty view: null data, every extent 0.
+  constexpr TensorView() noexcept = default;
+
+  /// A row-major contiguous view of `shape`.
+  TensorView(T* data, shape_type shape) : TensorView(data, shape, detail::row_major_strides(shape)) {}
+
+  /// A view with explicit strides (in elements, each >= 0).
+  TensorView(T* data, shape_type shape, shape_type strides)
+      : data_(data), shape_(shape), strides_(strides) {
+    const index_t count = detail::checked_element_count(shape_);
+    for (std::size_t d = 0; d < Rank; ++d) {
+      if (strides_[d] < 0) {
+        detail::throw_shape_error("TensorView dimension ", d, ": expected a stride >= 0, got ",
+                                  strides_[d]);
+      }
+    }
+    if (data_ == nullptr && count != 0) {
+      detail::throw_shape_error("TensorView: null data pointer for a view of ", count,
+                                " elements");
+    }
+  }
+
+  /// TensorView<const T, R> from TensorView<T, R>.
+  template <class U,
+            std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>, int> = 0>
+  constexpr TensorView(const TensorView<U, Rank>& other) noexcept  // NOLINT(implicit)
+      : data_(other.data()), shape_(other.shape()), strides_(other.strides()) {}
+
+  constexpr T* data() const noexcept { return data_; }
+  constexpr const shape_type& shape() const noexcept { return shape_; }
+  constexpr const shape_type& strides() const noexcept { return strides_; }
+  constexpr index_t extent(std::size_t dim) const noexcept { return shape_[dim]; }
+  constexpr index_t stride(std::size_t dim) const noexcept { return strides_[dim]; }
+
+  /// Number of elements (product of extents).
+  constexpr index_t size() const noexcept {
+    index_t count = 1;
+    for (index_t e : shape_) count *= e;
+    return count;
+  }
+  constexpr bool empty() const noexcept { return size() == 0; }
+
+  /// True when the elements are laid out row-major with no gaps (extent-1 dimensions
+  /// may have any stride).
+  constexpr bool is_contiguous() const noexcept {
+    index_t expected = 1;
+    for (std::size_t d = Rank; d-- > 0;) {
+      if (shape_[d] != 1 && strides_[d] != expected) return empty();
+      expected *= shape_[d];
+    }
+    return true;
+  }
+
+  /// Unchecked element access; use at() for a bounds-checked one.
+  template <class... Indices>
+  constexpr T& operator()(Indices... indices) const noexcept {
+    static_assert(sizeof...(Indices) == Rank, "operator() needs one index per dimension");
+    static_assert((std::is_integral_v<Indices> && ...), "indices must be integers");
+    const index_t idx[Rank] = {static_cast<index_t>(indices)...};
+    index_t offset = 0;
+    for (std::size_t d = 0; d < Rank; ++d) offset += idx[d] * strides_[d];
+    return data_[offset];
+  }
+
+  /// Bounds-checked element access; throws std::out_of_range.
+  T& at(const shape_type& index) const {
+    index_t offset = 0;
+    for (std::size_t d = 0; d < Rank; ++d) {
+      if (index[d] < 0 || index[d] >= shape_[d]) {
+        throw std::out_of_range(detail::concat("diffattn: TensorView::at: index ", index[d],
+                                               " out of range [0, ", shape_[d],
+                                               ") in dimension ", d));
+      }
+      offset += index[d] * strides_[d];
+    }
+    return data_[offset];
+  }
+
+  /// Fixes dimension `dim` at `index`, dropping that dimension.
+  TensorView<T, Rank - 1> select(std::size_t dim, index_t index) const {
+    static_assert(Rank >= 2, "select() on a rank-1 view would give rank 0");
+    check_dim("select", dim);
+    if (index < 0 || index >= shape_[dim]) {
+      detail::throw_shape_error("TensorView::select: index ", index, " out of range [0, ",
+                                shape_[dim], ") in dimension ", dim);
+    }
+    std::array<index_t, Rank - 1> shape{}, strides{};
+    for (std::size_t d = 0, o = 0; d < Rank; ++d) {
+      if (d == dim) continue;
+      shape[o] = shape_[d];
+      strides[o] = strides_[d];
+      ++o;
+    }
+    return TensorView<T, Rank - 1>(data_ + index * strides_[dim], shape, strides);
+  }
+
+  /// Keeps indices begin, begin+step, ... < end of dimension `dim`.
+  TensorView slice(std::size_t dim, index_t begin, index_t end, index_t step = 1) const {
+    check_dim("slice", dim);
+    if (begin < 0 || end < begin || end > shape_[dim] || step < 1) {
+      detail::throw_shape_error("TensorView::slice: range [", begin, ", ", end, ") step ", step,
+                                " does not fit dimension ", dim, " of extent ", shape_[dim]);
+    }
+    TensorView result = *this;
+    result.shape_[dim] = (end - begin + step - 1) / step;
+    result.strides_[dim] = strides_[dim] * step;
+    if (result.shape_[dim] > 0) result.data_ = data_ + begin * strides_[dim];
+    return result;
+  }
+
+  /// Reorders dimensions: dimension i of the result is dimension order[i] of this view.
+  TensorView permute(const std::array<std::size_t, Rank>& order) const {
+    std::array<bool, Rank> seen{};
+    TensorView result = *this;
+    for (std::size_t i = 0; i < Rank; ++i) {
+      if (order[i] >= Rank || seen[order[i]]) {
+        detail::throw_shape_error("TensorView::permute: order is not a permutation of 0..",
+                                  Rank - 1, " (entry ", i, " is ", order[i], ")");
+      }
+      seen[order[i]] = true;
+      result.shape_[i] = shape_[order[i]];
+      result.strides_[i] = strides_[order[i]];
+    }
+    return result;
+  }
+
+  /// Swaps two dimensions.
+  TensorView transpose(std::size_t a, std::size_t b) const {
+    check_dim("transpose", a);
+    check_dim("transpose", b);
+    TensorView result = *this;
+    std::swap(result.shape_[a], result.shape_[b]);
+    std::swap(result.strides_[a], result.strides_[b]);
+    return result;
+  }
+
+  /// Splits dimension `dim` (extent outer*inner) into two: [.., outer, inner, ..].
+  /// E.g. [B, N, 2H, d].split(2, H, 2) is [B, N, H, 2, d].
+  TensorView<T, Rank + 1> split(std::size_t dim, index_t outer, index_t inner) const {
+    check_dim("split", dim);
+    if (outer < 0 || inner < 0 || outer * inner != shape_[dim]) {
+      detail::throw_shape_error("TensorView::split: dimension ", dim, " has extent ", shape_[dim],
+                                ", which is not ", outer, " x ", inner);
+    }
+    std::array<index_t, Rank + 1> shape{}, strides{};
+    for (std::size_t d = 0, o = 0; d < Rank; ++d) {
+      if (d == dim) {
+        shape[o] = outer;
+        strides[o++] = strides_[d] * inner;
+        shape[o] = inner;
+        strides[o++] = strides_[d];
+      } else {
+        shape[o] = shape_[d];
+        strides[o++] = strides_[d];
+      }
+    }
+    return TensorView<T, Rank + 1>(data_, shape, strides);
+  }
+
+  /// A row-major view of the same elements with another shape; this view must be
+  /// contiguous and the element counts must match.
+  template <std::size_t NewRank>
+  TensorView<T, NewRank> reshape(const std::array<index_t, NewRank>& shape) const {
+    if (!is_contiguous()) {
+      detail::throw_shape_error("TensorView::reshape: the view is not contiguous");
+    }
+    const index_t count = detail::checked_element_count(shape);
+    if (count != size()) {
+      detail::throw_shape_error("TensorView::reshape: expected a shape of ", size(),
+                                " elements, got one of ", count);
+    }
+    return TensorView<T, NewRank>(data_, shape);
+  }
+
+  /// Repeats an extent-1 dimension `extent` times with stride 0.
+  TensorView broadcast(std::size_t dim, index_t extent) const {
+    check_dim("broadcast", dim);
+    if (shape_[dim] != 1 || extent < 0) {
+      detail::throw_shape_error("TensorView::broadcast: dimension ", dim, " has extent ",
+                                shape_[dim], " (expected 1), target extent ", extent);
+    }
+    TensorView result = *this;
+    result.shape_[dim] = extent;
+    result.strides_[dim] = 0;
+    return result;
+  }
+
+ private:
+  static void check_dim(const char* what, std::size_t dim) {
+    if (dim >= Rank) {
+      detail::throw_shape_error("TensorView::", what, ": dimension ", dim,
+                                " out of range for rank ", Rank);
+    }
+  }
+
+  T* data_ = nullptr;
+  shape_type shape_{};
+  shape_type strides_{};
+};
+
+/// An owning, row-major, zero-initialized tensor whose storage is 64-byte aligned
+/// (a cache line, and a full AVX-512 register).
+template <class T, std::size_t Rank>
+class Tensor {
+  static_assert(std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T>,
+                "Tensor holds trivially copyable elements");
+
+ public:
+  using value_type = T;
+  using shape_type = std::array<index_t, Rank>;
+  static constexpr std::size_t rank = Rank;
+  static constexpr std::size_t alignment = 64;
+
+  Tensor() = default;
+  explicit Tensor(const shape_type& shape)
+      : shape_(shape), size_(detail::checked_element_count(shape)), data_(allocate(size_)) {
+    std::fill_n(data_, size_, T{});
+  }
+  Tensor(const shape_type& shape, const T& value) : Tensor(shape) { std::fill_n(data_, size_, value); }
+
+  Tensor(const Tensor& other) : shape_(other.shape_), size_(other.size_), data_(allocate(size_)) {
+    if (size_ > 0) std::memcpy(data_, other.data_, static_cast<std::size_t>(size_) * sizeof(T));
+  }
+  Tensor(Tensor&& other) noexcept
+      : shape_(std::exchange(other.shape_, shape_type{})),
+        size_(std::exchange(other.size_, 0)),
+        data_(std::exchange(other.data_, nullptr)) {}
+  Tensor& operator=(Tensor other) noexcept {
+    swap(other);
+    return *this;
+  }
+  ~Tensor() { deallocate(data_); }
+
+  void swap(Tensor& other) noexcept {
+    std::swap(shape_, other.shape_);
+    std::swap(size_, other.size_);
+    std::swap(data_, other.data_);
+  }
+
+  TensorView<T, Rank> view() noexcept { return TensorView<T, Rank>(data_, shape_); }
+  TensorView<const T, Rank> view() const noexcept { return TensorView<const T, Rank>(data_, shape_); }
+
+  operator TensorView<T, Rank>() & noexcept { return view(); }  // NOLINT(implicit)
+  operator TensorView<const T, Rank>() const& noexcept { return view(); }  // NOLINT(implicit)
+  // A view of a temporary would dangle.
+  operator TensorView<T, Rank>() && = delete;
+  operator TensorView<const T, Rank>() const&& = delete;
+
+  T* data() noexcept { return data_; }
+  const T* data() const noexcept { return data_; }
+  const shape_type& shape() const noexcept { return shape_; }
+  index_t extent(std::size_t dim) const noexcept { return shape_[dim]; }
+  index_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+
+  template <class... Indices>
+  T& operator()(Indices... indices) noexcept {
+    return view()(indices...);
+  }
+  template <class... Indices>
+  const T& operator()(Indices... indices) const noexcept {
+    return view()(indices...);
+  }
+
+ private:
+  static T* allocate(index_t count) {
+    if (count == 0) return nullptr;
+    if (static_cast<std::size_t>(count) > std::numeric_limits<std::size_t>::max() / sizeof(T)) {
+      throw std::bad_alloc();
+    }
+    return static_cast<T*>(::operator new(static_cast<std::size_t>(count) * sizeof(T),
+                                          std::align_val_t{alignment}));
+  }
+  static void deallocate(T* data) noexcept {
+    if (data != nullptr) ::operator delete(data, std::align_val_t{alignment});
+  }
+
+  shape_type shape_{};
+  index_t size_ = 0;
+  T* data_ = nullptr;
+};
+
+}  // namespace diffattn
