@@ -25,23 +25,61 @@
 /// Accuracy: the results match diffattn::reference (which accumulates in double) to
 /// within the bounds documented on each kernel.
 
+#include <type_traits>
+
+#include "diffattn/fused.hpp"
 #include "diffattn/options.hpp"
-#include "diffattn/reference.hpp"
 #include "diffattn/tensor.hpp"
 #include "diffattn/validation.hpp"
 
 namespace diffattn {
+namespace detail {
+
+template <class T>
+constexpr void check_kernel_type() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "diffattn's fused kernels take float or double (diffattn::reference takes any)");
+}
+
+template <class T, std::size_t LambdaRank>
+void run_diff_attention(const char* fn, TensorView<const T, 4> q1, TensorView<const T, 4> q2,
+                        TensorView<const T, 4> k1, TensorView<const T, 4> k2,
+                        TensorView<const T, 4> v, TensorView<const T, LambdaRank> lambda,
+                        TensorView<T, 4> out, const AttentionOptions<T>& options) {
+  check_kernel_type<T>();
+  FusedArgs<T> args;
+  args.problem = validate_attention(fn, q1, k1, v, out, options, args.mask);
+  validate_second_map(fn, q1, q2, k1, k2, out);
+  args.lambda = widen_lambda(fn, lambda, args.problem);
+  check_no_alias(fn, "out", out, "lambda", args.lambda);
+  args.q1 = q1;
+  args.q2 = q2;
+  args.k1 = k1;
+  args.k2 = k2;
+  args.v = v;
+  args.out = out;
+  args.diff = true;
+  args.shared_keys = same_view(k1, k2);
+  fused_attention(args, options.threads, options.workspace_limit);
+}
+
+}  // namespace detail
 
 /// Standard attention: out = softmax(scale·q·kᵀ + mask)·v.
 /// q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv], out [B, Hq, Nq, Dv].
-/// Currently computed by the double-accumulating reference loops (error ≤ 1 rounding of
-/// the output to T); the fused SIMD kernels replace them without changing the API.
 template <class T>
 void softmax_attention(detail::identity_t<TensorView<const T, 4>> q,
                        detail::identity_t<TensorView<const T, 4>> k,
                        detail::identity_t<TensorView<const T, 4>> v, TensorView<T, 4> out,
                        const detail::identity_t<AttentionOptions<T>>& options = {}) {
-  detail::reference_softmax_attention<T>("softmax_attention", q, k, v, out, options);
+  detail::check_kernel_type<T>();
+  detail::FusedArgs<T> args;
+  args.problem = detail::validate_attention("softmax_attention", q, k, v, out, options, args.mask);
+  args.q1 = q;
+  args.k1 = k;
+  args.v = v;
+  args.out = out;
+  detail::fused_attention(args, options.threads, options.workspace_limit);
 }
 
 /// Differential attention with one λ per query head:
@@ -56,7 +94,7 @@ void diff_attention(detail::identity_t<TensorView<const T, 4>> q1,
                     detail::identity_t<TensorView<const T, 4>> v,
                     detail::identity_t<TensorView<const T, 1>> lambda, TensorView<T, 4> out,
                     const detail::identity_t<AttentionOptions<T>>& options = {}) {
-  detail::reference_diff_attention<T>("diff_attention", q1, q2, k1, k2, v, lambda, out, options);
+  detail::run_diff_attention<T>("diff_attention", q1, q2, k1, k2, v, lambda, out, options);
 }
 
 /// Differential attention with λ per query token and head (the 2026 "V2" form, where
@@ -69,7 +107,7 @@ void diff_attention(detail::identity_t<TensorView<const T, 4>> q1,
                     detail::identity_t<TensorView<const T, 4>> v,
                     detail::identity_t<TensorView<const T, 3>> lambda, TensorView<T, 4> out,
                     const detail::identity_t<AttentionOptions<T>>& options = {}) {
-  detail::reference_diff_attention<T>("diff_attention", q1, q2, k1, k2, v, lambda, out, options);
+  detail::run_diff_attention<T>("diff_attention", q1, q2, k1, k2, v, lambda, out, options);
 }
 
 }  // namespace diffattn

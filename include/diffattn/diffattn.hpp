@@ -10,4 +10,8 @@
 #include "diffattn/lambda.hpp"
 #include "diffattn/layouts.hpp"
 #include "diffattn/reference.hpp"
+#include "diffattn/simd.hpp"
+#include "diffattn/microkernels.hpp"
+#include "diffattn/workspace.hpp"
+#include "diffattn/fused.hpp"
 #include "diffattn/attention.hpp"

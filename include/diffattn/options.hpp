@@ -1,6 +1,8 @@
 #pragma once
 /// AttentionOptions: the knobs shared by every attention kernel.
 
+#include <cstddef>
+
 #include "diffattn/tensor.hpp"
 
 namespace diffattn {
@@ -19,6 +21,11 @@ struct AttentionOptions {
   TensorView<const T, 4> mask{};
   /// Worker threads; 0 means all cores. Results do not depend on it.
   int threads = 0;
+  /// Cap on the scratch memory of one call, all threads together (bytes). Differential
+  /// attention's two-pass method needs rows × Nk per thread; when even one tile's does
+  /// not fit, it streams instead (1.5× the FLOPs, O(tile) memory). The standard kernel
+  /// needs O(threads × tile) only and stays far below the default.
+  std::size_t workspace_limit = std::size_t{64} << 20;
 };
 
 }  // namespace diffattn

@@ -1,0 +1,378 @@
+// The fused kernels against the double-precision reference: a randomized sweep over
+// shapes, layouts, masks, λ forms, methods and thread counts, plus the edge cases.
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "helpers.hpp"
+
+namespace diffattn_test {
+namespace {
+
+using diffattn::AttentionOptions;
+
+/// The documented accuracy contract (attention.hpp), as a max-abs-error bound relative to
+/// max|V| (λ = 0 for standard attention).
+template <class T>
+double contract_bound(double lambda_max, double v_max) {
+  if constexpr (std::is_same_v<T, float>) {
+    return 1e-5 * (1 + lambda_max) * std::max(v_max, 1e-30);
+  } else {
+    return 1e-12 * std::max(v_max, 1e-300);
+  }
+}
+
+enum class Layout { contiguous, permuted, strided, interleaved_pairs, half_split_pairs };
+enum class MaskKind { none, full, broadcast_heads, key_padding, with_masked_rows };
+
+struct Case {
+  std::uint64_t seed;
+  index_t batch, kv_heads, group, q_len, kv_len, head_dim, value_dim;
+  bool causal, per_token_lambda, shared_keys;
+  Layout layout;
+  MaskKind mask;
+  int threads;
+  std::size_t workspace_limit;
+
+  std::string describe() const {
+    std::ostringstream out;
+    out << "seed=" << seed << " B=" << batch << " Hkv=" << kv_heads << " group=" << group
+        << " Nq=" << q_len << " Nk=" << kv_len << " D=" << head_dim << " Dv=" << value_dim
+        << " causal=" << causal << " per_token_lambda=" << per_token_lambda
+        << " shared_keys=" << shared_keys << " layout=" << static_cast<int>(layout)
+        << " mask=" << static_cast<int>(mask) << " threads=" << threads
+        << " workspace_limit=" << workspace_limit;
+    return out.str();
+  }
+};
+
+/// Owns the buffers behind a case's (possibly strided or permuted) views.
+template <class T>
+struct Inputs {
+  std::vector<Tensor<T, 4>> storage;
+  TensorView<const T, 4> q1, q2, k1, k2, v, mask;
+  Tensor<T, 1> lambda_head;
+  Tensor<T, 3> lambda_token;
+  double lambda_max = 0;
+
+  /// q-like [B, H, N, D] tensor in the requested layout, filled with random values.
+  std::pair<TensorView<T, 4>, TensorView<T, 4>> make_pair(Layout layout, index_t b, index_t h,
+                                                          index_t n, index_t d,
+                                                          std::mt19937_64& rng) {
+    switch (layout) {
+      case Layout::interleaved_pairs:
+      case Layout::half_split_pairs: {
+        storage.emplace_back(std::array<index_t, 4>{b, n, 2 * h, d});
+        fill_uniform(storage.back().view(), rng);
+        const auto pairs = layout == Layout::interleaved_pairs
+                               ? diffattn::interleaved_pairs(storage.back().view())
+                               : diffattn::half_split_pairs(storage.back().view());
+        return {pairs.first, pairs.second};
+      }
+      default:
+        return {make(layout, b, h, n, d, rng), make(layout, b, h, n, d, rng)};
+    }
+  }
+
+  TensorView<T, 4> make(Layout layout, index_t b, index_t h, index_t n, index_t d,
+                        std::mt19937_64& rng, double lo = -1, double hi = 1) {
+    TensorView<T, 4> view;
+    switch (layout) {
+      case Layout::permuted:  // [B, N, H, D] storage seen as [B, H, N, D]
+        storage.emplace_back(std::array<index_t, 4>{b, n, h, d});
+        view = diffattn::bnhd_to_bhnd(storage.back().view());
+        break;
+      case Layout::strided:  // padding in every dimension but the last
+        storage.emplace_back(std::array<index_t, 4>{b + 1, h + 1, n + 2, d + 5});
+        view = storage.back().view().slice(0, 1, b + 1).slice(1, 0, h).slice(2, 1, n + 1).slice(3, 2, d + 2);
+        break;
+      default:
+        storage.emplace_back(std::array<index_t, 4>{b, h, n, d});
+        view = storage.back().view();
+    }
+    fill_uniform(view, rng, lo, hi);
+    return view;
+  }
+
+  Inputs(const Case& c, std::mt19937_64& rng) {
+    const index_t q_heads = c.kv_heads * c.group;
+    const auto [q1v, q2v] = make_pair(c.layout, c.batch, q_heads, c.q_len, c.head_dim, rng);
+    const auto [k1v, k2v] = make_pair(c.layout, c.batch, c.kv_heads, c.kv_len, c.head_dim, rng);
+    q1 = q1v;
+    q2 = q2v;
+    k1 = k1v;
+    k2 = c.shared_keys ? k1v : k2v;
+    const Layout v_layout = c.layout == Layout::interleaved_pairs || c.layout == Layout::half_split_pairs
+                                ? Layout::permuted
+                                : c.layout;
+    v = make(v_layout, c.batch, c.kv_heads, c.kv_len, c.value_dim, rng, -2, 2);
+    lambda_head = random_tensor<T, 1>({q_heads}, rng, -0.2, 1.0);
+    lambda_token = random_tensor<T, 3>({c.batch, q_heads, c.q_len}, rng, -0.2, 1.0);
+    lambda_max = std::max(max_abs(lambda_head.view()), max_abs(lambda_token.view()));
+    make_mask(c, rng);
+  }
+
+  void make_mask(const Case& c, std::mt19937_64& rng) {
+    const index_t q_heads = c.kv_heads * c.group;
+    std::array<index_t, 4> shape{c.batch, q_heads, c.q_len, c.kv_len};
+    if (c.mask == MaskKind::none) return;
+    if (c.mask == MaskKind::broadcast_heads) shape = {1, 1, c.q_len, c.kv_len};
+    if (c.mask == MaskKind::key_padding) shape = {c.batch, 1, 1, c.kv_len};
+    storage.emplace_back(shape);
+    auto m = storage.back().view();
+    fill_uniform(m, rng, -4, 4);
+    std::bernoulli_distribution masked(0.2);
+    for_each_index(m.shape(), [&](const auto& idx) {
+      if (masked(rng)) m.at(idx) = -std::numeric_limits<T>::infinity();
+    });
+    if (c.mask == MaskKind::with_masked_rows) {  // every third row fully masked
+      for_each_index(m.shape(), [&](const auto& idx) {
+        if (idx[2] % 3 == 1) m.at(idx) = -std::numeric_limits<T>::infinity();
+      });
+    }
+    mask = m;
+  }
+};
+
+/// Draws a case whose reference cost stays small, so thousands run in seconds.
+Case draw_case(std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  auto pick = [&](index_t lo, index_t hi) { return std::uniform_int_distribution<index_t>(lo, hi)(rng); };
+  auto one_of = [&](auto... options) {
+    const std::array<std::common_type_t<decltype(options)...>, sizeof...(options)> all{options...};
+    return all[static_cast<std::size_t>(pick(0, sizeof...(options) - 1))];
+  };
+  const index_t widths[] = {1, 3, 8, 16, 31, 64, 96, 128, 256};
+  Case c{};
+  c.seed = seed;
+  for (;;) {
+    c.batch = pick(1, 2);
+    c.kv_heads = pick(1, 2);
+    c.group = one_of(index_t{1}, index_t{2}, index_t{4});
+    // Lengths: mostly short, sometimes up to 300; never tied to the SIMD width.
+    c.q_len = pick(0, 3) == 0 ? pick(1, 300) : pick(1, 40);
+    c.kv_len = pick(0, 3) == 0 ? pick(1, 300) : pick(1, 40);
+    c.head_dim = widths[pick(0, 8)];
+    c.value_dim = pick(0, 1) == 0 ? 2 * c.head_dim : widths[pick(0, 8)];
+    const double cost = static_cast<double>(c.batch * c.kv_heads * c.group) * c.q_len * c.kv_len *
+                        (2 * c.head_dim + c.value_dim);
+    if (cost <= 4e6) break;
+  }
+  c.causal = pick(0, 2) == 0;
+  c.per_token_lambda = pick(0, 2) == 0;
+  c.shared_keys = pick(0, 3) == 0;
+  c.layout = static_cast<Layout>(pick(0, 4));
+  c.mask = static_cast<MaskKind>(pick(0, 4));
+  c.threads = one_of(1, 2, 3);
+  // A small limit forces the streaming differential method.
+  c.workspace_limit = pick(0, 3) == 0 ? std::size_t{4096} : std::size_t{64} << 20;
+  return c;
+}
+
+template <class T>
+void run_case(const Case& c) {
+  SCOPED_TRACE(c.describe());
+  std::mt19937_64 rng(c.seed * 7919 + 1);
+  Inputs<T> in(c, rng);
+  const index_t q_heads = c.kv_heads * c.group;
+  AttentionOptions<T> options;
+  options.causal = c.causal;
+  options.mask = in.mask;
+  options.threads = c.threads;
+  options.workspace_limit = c.workspace_limit;
+
+  // The reference runs in double on the same (exactly converted) inputs.
+  auto q1 = copy_as<double>(in.q1), q2 = copy_as<double>(in.q2);
+  auto k1 = copy_as<double>(in.k1), k2 = copy_as<double>(in.k2), v = copy_as<double>(in.v);
+  AttentionOptions<double> ref_options;
+  ref_options.causal = c.causal;
+  Tensor<double, 4> mask_copy;
+  if (in.mask.data() != nullptr) {
+    mask_copy = copy_as<double>(in.mask);
+    ref_options.mask = mask_copy.view();
+  }
+  const std::array<index_t, 4> out_shape{c.batch, q_heads, c.q_len, c.value_dim};
+  const double v_max = max_abs(in.v);
+
+  Tensor<T, 4> out(out_shape);
+  Tensor<double, 4> expected(out_shape);
+  diffattn::softmax_attention<T>(in.q1, in.k1, in.v, out, options);
+  diffattn::reference::softmax_attention<double>(q1, k1, v, expected, ref_options);
+  EXPECT_LE(max_abs_diff(out.view(), expected.view()), contract_bound<T>(0, v_max)) << "standard";
+
+  if (c.per_token_lambda) {
+    diffattn::diff_attention<T>(in.q1, in.q2, in.k1, in.k2, in.v, in.lambda_token, out, options);
+    auto lambda = copy_as<double>(in.lambda_token.view());
+    diffattn::reference::diff_attention<double>(q1, q2, k1, k2, v, lambda, expected, ref_options);
+  } else {
+    diffattn::diff_attention<T>(in.q1, in.q2, in.k1, in.k2, in.v, in.lambda_head, out, options);
+    auto lambda = copy_as<double>(in.lambda_head.view());
+    diffattn::reference::diff_attention<double>(q1, q2, k1, k2, v, lambda, expected, ref_options);
+  }
+  EXPECT_LE(max_abs_diff(out.view(), expected.view()), contract_bound<T>(in.lambda_max, v_max))
+      << "differential";
+}
+
+template <class T>
+class FusedTest : public ::testing::Test {};
+TYPED_TEST_SUITE(FusedTest, FloatTypes);
+
+// 1,100 random cases per type; each runs standard and differential attention.
+TYPED_TEST(FusedTest, RandomCasesMatchReference) {
+  for (std::uint64_t seed = 1; seed <= 1100; ++seed) {
+    run_case<TypeParam>(draw_case(seed));
+    if (::testing::Test::HasFailure()) break;  // the first failing seed is the one to replay
+  }
+}
+
+// Long key sequences with few query tiles take the split-keys (decoding) path.
+TYPED_TEST(FusedTest, DecodingSplitKeysMatchesReference) {
+  for (std::uint64_t seed = 5000; seed < 5006; ++seed) {
+    Case c = draw_case(seed);
+    c.batch = 1;
+    c.kv_heads = 1 + seed % 2;
+    c.group = seed % 3 == 0 ? 1 : 4;
+    c.q_len = 1 + seed % 3;
+    c.kv_len = 4096 + 1000 * (seed % 3) + 17;
+    c.head_dim = 64;
+    c.value_dim = 128;
+    c.layout = Layout::contiguous;
+    c.workspace_limit = std::size_t{64} << 20;
+    c.threads = 1 + seed % 3;
+    run_case<TypeParam>(c);
+  }
+}
+
+/// Runs standard and differential attention with `threads` and returns both outputs.
+template <class T>
+std::vector<Tensor<T, 4>> outputs_with_threads(const Case& c, int threads) {
+  std::mt19937_64 rng(c.seed);
+  Inputs<T> in(c, rng);
+  AttentionOptions<T> options;
+  options.causal = c.causal;
+  options.mask = in.mask;
+  options.threads = threads;
+  options.workspace_limit = c.workspace_limit;
+  std::vector<Tensor<T, 4>> outs(2, Tensor<T, 4>({c.batch, c.kv_heads * c.group, c.q_len, c.value_dim}));
+  diffattn::softmax_attention<T>(in.q1, in.k1, in.v, outs[0], options);
+  diffattn::diff_attention<T>(in.q1, in.q2, in.k1, in.k2, in.v, in.lambda_token, outs[1], options);
+  return outs;
+}
+
+TYPED_TEST(FusedTest, BitwiseIdenticalForAnyThreadCount) {
+  using T = TypeParam;
+  Case base = draw_case(77);
+  base.batch = 2;
+  base.kv_heads = 2;
+  base.group = 2;
+  base.q_len = 150;
+  base.kv_len = 170;
+  base.head_dim = 31;
+  base.value_dim = 62;
+  base.causal = true;
+  base.mask = MaskKind::with_masked_rows;
+  std::vector<Case> cases = {base};
+  Case streaming = base;  // the streaming differential method
+  streaming.workspace_limit = 4096;
+  cases.push_back(streaming);
+  Case decoding = base;  // the split-keys method
+  decoding.q_len = 2;
+  decoding.kv_len = 5000;
+  decoding.batch = 1;
+  decoding.kv_heads = 1;
+  cases.push_back(decoding);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.describe());
+    const auto one = outputs_with_threads<T>(c, 1);
+    for (int threads : {2, 3, 5}) {
+      const auto many = outputs_with_threads<T>(c, threads);
+      for (std::size_t i = 0; i < one.size(); ++i) {
+        EXPECT_EQ(std::memcmp(one[i].data(), many[i].data(), sizeof(T) * static_cast<std::size_t>(one[i].size())), 0)
+            << "threads=" << threads << " output " << i;
+      }
+    }
+  }
+}
+
+TYPED_TEST(FusedTest, HugeLogitsDoNotOverflow) {
+  using T = TypeParam;
+  // Logits of ±1e30 through q·k (scale 1): each row puts all its weight on one key.
+  const index_t n = 37;
+  Tensor<T, 4> q({1, 1, n, 1}), k({1, 1, n, 1}), v({1, 1, n, 3});
+  for (index_t i = 0; i < n; ++i) {
+    q(0, 0, i, 0) = T(1e15);
+    k(0, 0, i, 0) = i == 11 ? T(1e15) : T(-1e15);
+    for (index_t c = 0; c < 3; ++c) v(0, 0, i, c) = static_cast<T>(i + c);
+  }
+  AttentionOptions<T> options;
+  options.scale = 1;
+  for (int method = 0; method < 2; ++method) {
+    options.workspace_limit = method == 0 ? std::size_t{64} << 20 : 4096;
+    Tensor<T, 4> out({1, 1, n, 3});
+    diffattn::softmax_attention<T>(q, k, v, out, options);
+    for (index_t i = 0; i < n; ++i) {
+      for (index_t c = 0; c < 3; ++c) EXPECT_EQ(out(0, 0, i, c), static_cast<T>(11 + c));
+    }
+    const T half = T(0.5);
+    diffattn::diff_attention<T>(q, q, k, k, v, TensorView<const T, 1>(&half, {1}), out, options);
+    for (index_t i = 0; i < n; ++i) {
+      for (index_t c = 0; c < 3; ++c) EXPECT_EQ(out(0, 0, i, c), static_cast<T>(11 + c) / 2);
+    }
+  }
+}
+
+TYPED_TEST(FusedTest, FullyMaskedRowsAndNaNAsDocumented) {
+  using T = TypeParam;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const T inf = std::numeric_limits<T>::infinity();
+  const index_t nq = 9, nk = 70, d = 5, dv = 7;
+  std::mt19937_64 rng(3);
+  auto q = random_tensor<T, 4>({1, 1, nq, d}, rng);
+  auto k = random_tensor<T, 4>({1, 1, nk, d}, rng);
+  auto v = random_tensor<T, 4>({1, 1, nk, dv}, rng);
+  Tensor<T, 4> mask({1, 1, nq, nk});
+  for (index_t j = 0; j < nk; ++j) {
+    mask(0, 0, 2, j) = -inf;  // row 2: fully masked → zeros
+    mask(0, 0, 4, j) = j == 66 ? nan : -inf;  // row 4: one NaN among masked keys → NaN
+  }
+  mask(0, 0, 6, 3) = inf;  // row 6: +inf logit → NaN
+  q(0, 0, 7, 1) = nan;     // row 7: NaN query → NaN
+  Tensor<T, 1> lambda({1}, T(0.4));
+  for (const std::size_t limit : {std::size_t{64} << 20, std::size_t{4096}}) {
+    SCOPED_TRACE(limit);
+    AttentionOptions<T> options;
+    options.mask = mask.view();
+    options.workspace_limit = limit;
+    Tensor<T, 4> standard({1, 1, nq, dv}), diff({1, 1, nq, dv});
+    diffattn::softmax_attention<T>(q, k, v, standard, options);
+    diffattn::diff_attention<T>(q, q, k, k, v, lambda, diff, options);
+    for (index_t i = 0; i < nq; ++i) {
+      for (index_t c = 0; c < dv; ++c) {
+        const bool nan_row = i == 4 || i == 6 || i == 7;
+        EXPECT_EQ(std::isnan(standard(0, 0, i, c)), nan_row) << i << "," << c;
+        EXPECT_EQ(std::isnan(diff(0, 0, i, c)), nan_row) << i << "," << c;
+        if (i == 2) {
+          EXPECT_EQ(standard(0, 0, i, c), T(0));
+          EXPECT_EQ(diff(0, 0, i, c), T(0));
+        }
+      }
+    }
+  }
+  // NaN in v at key 5 reaches every row that sees key 5 (causal: rows >= 5).
+  v(0, 0, 5, 2) = nan;
+  AttentionOptions<T> causal;
+  causal.causal = true;
+  Tensor<T, 4> q_square({1, 1, nk, d});
+  fill_uniform(q_square.view(), rng);
+  Tensor<T, 4> out({1, 1, nk, dv});
+  diffattn::softmax_attention<T>(q_square, k, v, out, causal);
+  for (index_t i = 5; i < nk; ++i) EXPECT_TRUE(std::isnan(out(0, 0, i, 2))) << i;
+  for (index_t i = 0; i < nk; ++i) EXPECT_FALSE(std::isnan(out(0, 0, i, 1))) << i;
+}
+
+}  // namespace
+}  // namespace diffattn_test
