@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The whole test suite: installs missing Debian packages, then configures, builds and
+# runs ctest in three configurations, stopping at the first failure:
+#   build-test/native    -O2 -march=native
+#   build-test/baseline  -O2, no -march (the compiler's default ISA, SSE2 on x86-64)
+#   build-test/sanitize  -O1 -g with AddressSanitizer and UndefinedBehaviorSanitizer
+# All with -Wall -Wextra -Wpedantic -Werror. Build directories are reused between runs.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+
+bash scripts/install-deps.sh
+
+jobs=2
+export ASAN_OPTIONS=detect_leaks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+common_args=(
+  -G Ninja
+  -DDIFFATTN_BUILD_TESTS=ON
+  -DDIFFATTN_BUILD_EXAMPLES=ON
+  -DDIFFATTN_BUILD_BENCH=ON
+  -DDIFFATTN_WERROR=ON
+)
+
+banner() {
+  printf '\n==================================================================\n'
+  printf '== %s\n' "$*"
+  printf '==================================================================\n'
+}
+
+run_configuration() {
+  local name=$1
+  shift
+  local build_dir="build-test/$name"
+  local start=$SECONDS
+  banner "configuration '$name' in $build_dir"
+  cmake -S . -B "$build_dir" "${common_args[@]}" "$@"
+  cmake --build "$build_dir" -j "$jobs"
+  ctest --test-dir "$build_dir" --output-on-failure -j "$jobs"
+  banner "configuration '$name' passed in $((SECONDS - start)) s"
+}
+
+total_start=$SECONDS
+
+run_configuration native \
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
+  -DDIFFATTN_NATIVE=ON -DDIFFATTN_SANITIZE=OFF
+
+run_configuration baseline \
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
+  -DDIFFATTN_NATIVE=OFF -DDIFFATTN_SANITIZE=OFF
+
+run_configuration sanitize \
+  -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
+  -DDIFFATTN_NATIVE=OFF -DDIFFATTN_SANITIZE=ON
+
+banner "all configurations passed in $((SECONDS - total_start)) s"
