@@ -785,4 +785,23 @@ TEST(TensorTest, SwapExchangesContents) {
   EXPECT_EQ(b(1), 1.0f);
 }
 
+// Transforms with extreme arguments must reject them, not overflow into a bogus view.
+TEST(TensorViewTest, TransformsDoNotOverflow) {
+  float buffer[12] = {};
+  const diffattn::TensorView<float, 2> v(buffer, {2, 6});
+  const auto huge_step = v.slice(1, 0, 6, std::numeric_limits<std::ptrdiff_t>::max());
+  EXPECT_EQ(huge_step.extent(1), 1);
+  EXPECT_EQ(v.slice(1, 3, 3, std::numeric_limits<std::ptrdiff_t>::max()).extent(1), 0);
+  // 6148914691236517206 · 9 wraps around to 6 in 64-bit arithmetic.
+  EXPECT_THROW(v.split(1, 6148914691236517206, 9), diffattn::shape_error);
+  try {
+    (void)v.split(1, 6148914691236517206, 9);
+  } catch (const diffattn::shape_error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not 6148914691236517206 x 9"), std::string::npos)
+        << e.what();
+  }
+  const diffattn::TensorView<float, 2> row(buffer, {1, std::ptrdiff_t{1} << 40}, {0, 0});
+  EXPECT_THROW((void)row.broadcast(0, std::ptrdiff_t{1} << 40), diffattn::shape_error);
+}
+
 }  // namespace

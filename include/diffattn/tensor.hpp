@@ -167,7 +167,8 @@ class TensorView {
                                 " does not fit dimension ", dim, " of extent ", shape_[dim]);
     }
     TensorView result = *this;
-    result.shape_[dim] = (end - begin + step - 1) / step;
+    // Written so that a huge step cannot overflow.
+    result.shape_[dim] = end == begin ? 0 : 1 + (end - begin - 1) / step;
     result.strides_[dim] = strides_[dim] * step;
     if (result.shape_[dim] > 0) result.data_ = data_ + begin * strides_[dim];
     return result;
@@ -203,7 +204,10 @@ class TensorView {
   /// E.g. [B, N, 2H, d].split(2, H, 2) is [B, N, H, 2, d].
   TensorView<T, Rank + 1> split(std::size_t dim, index_t outer, index_t inner) const {
     check_dim("split", dim);
-    if (outer < 0 || inner < 0 || outer * inner != shape_[dim]) {
+    // outer · inner == extent, tested by division so that it cannot overflow.
+    const bool fits = inner == 0 ? shape_[dim] == 0
+                                 : shape_[dim] % inner == 0 && shape_[dim] / inner == outer;
+    if (outer < 0 || inner < 0 || !fits) {
       detail::throw_shape_error("TensorView::split: dimension ", dim, " has extent ", shape_[dim],
                                 ", which is not ", outer, " x ", inner);
     }
@@ -247,6 +251,7 @@ class TensorView {
     TensorView result = *this;
     result.shape_[dim] = extent;
     result.strides_[dim] = 0;
+    detail::checked_element_count(result.shape_);
     return result;
   }
 
