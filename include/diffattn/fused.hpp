@@ -38,14 +38,7 @@
 #include "diffattn/validation.hpp"
 #include "diffattn/workspace.hpp"
 
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wuninitialized
-// reports once inlined into our loops (GCC bug 105593): a false positive, silenced here
-// only, for the SIMD kernels.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+DIFFATTN_SIMD_WARNINGS_PUSH
 
 namespace diffattn {
 namespace detail {
@@ -616,6 +609,4 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
 }  // namespace detail
 }  // namespace diffattn
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+DIFFATTN_SIMD_WARNINGS_POP

@@ -16,14 +16,7 @@
 #include "diffattn/simd.hpp"
 #include "diffattn/tensor.hpp"
 
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wuninitialized
-// reports once inlined into our loops (GCC bug 105593): a false positive, silenced here
-// only, for the SIMD kernels.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+DIFFATTN_SIMD_WARNINGS_PUSH
 
 namespace diffattn {
 namespace detail {
@@ -129,6 +122,4 @@ void pv_accumulate(const T* p, index_t p_stride, index_t rows, index_t keys, con
 }  // namespace detail
 }  // namespace diffattn
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+DIFFATTN_SIMD_WARNINGS_POP

@@ -16,13 +16,20 @@
 #endif
 
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wuninitialized
-// reports once inlined into our loops (GCC bug 105593): a false positive, silenced here
-// only, for the SIMD kernels.
+// reports once inlined into our loops (GCC bug 105593): a false positive, silenced only
+// around the SIMD kernels.
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define DIFFATTN_SIMD_WARNINGS_PUSH                                \
+  _Pragma("GCC diagnostic push")                                   \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")           \
+  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define DIFFATTN_SIMD_WARNINGS_POP _Pragma("GCC diagnostic pop")
+#else
+#define DIFFATTN_SIMD_WARNINGS_PUSH
+#define DIFFATTN_SIMD_WARNINGS_POP
 #endif
+
+DIFFATTN_SIMD_WARNINGS_PUSH
 
 namespace diffattn {
 namespace detail {
@@ -168,6 +175,4 @@ constexpr std::ptrdiff_t round_up(std::ptrdiff_t n, std::ptrdiff_t m) { return (
 }  // namespace detail
 }  // namespace diffattn
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+DIFFATTN_SIMD_WARNINGS_POP
