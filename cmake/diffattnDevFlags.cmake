@@ -1,7 +1,8 @@
 # Compiler flags for diffattn's own tests, benchmarks and examples. Never linked into
 # the `diffattn` target itself, so downstream users do not inherit them.
 #
-#   diffattn_dev_flags       warnings (+ -Werror), and -march=native with DIFFATTN_NATIVE
+#   diffattn_dev_flags       warnings (+ -Werror), -march=native with DIFFATTN_NATIVE,
+#                            and OpenMP with DIFFATTN_OPENMP (when the compiler has it)
 #   diffattn_sanitize_flags  ASan + UBSan with DIFFATTN_SANITIZE, otherwise nothing
 #
 # diffattn_add_dev_target(<target> [SANITIZE]) links the right ones.
@@ -11,6 +12,19 @@ target_compile_options(diffattn_dev_flags INTERFACE
   $<$<CXX_COMPILER_ID:GNU,Clang,AppleClang>:-Wall -Wextra -Wpedantic>
   $<$<AND:$<BOOL:${DIFFATTN_WERROR}>,$<CXX_COMPILER_ID:GNU,Clang,AppleClang>>:-Werror>
   $<$<BOOL:${DIFFATTN_NATIVE}>:-march=native>)
+
+# The kernels run options.threads workers only when the program that includes them is
+# compiled with OpenMP; the library target leaves that choice to its users. Our tests and
+# benchmarks must exercise the threaded paths, so they use it whenever it is available.
+if(DIFFATTN_OPENMP)
+  find_package(OpenMP COMPONENTS CXX)
+  if(OpenMP_CXX_FOUND)
+    target_link_libraries(diffattn_dev_flags INTERFACE OpenMP::OpenMP_CXX)
+  else()
+    message(WARNING "diffattn: no OpenMP for ${CMAKE_CXX_COMPILER_ID}; tests, benchmarks "
+                    "and examples run the kernels on one thread")
+  endif()
+endif()
 
 # GCC 12.0-12.2 report their own AVX-512 intrinsics (the `__Y = __Y` in
 # _mm512_undefined_*) as used uninitialized once inlined, e.g. into Eigen's AVX-512
