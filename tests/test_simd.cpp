@@ -1,0 +1,131 @@
+// The SIMD building blocks: exp2_nonpositive's error bound and special values, and the
+// micro-kernels against plain loops for every tail length.
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "helpers.hpp"
+
+namespace diffattn_test {
+namespace {
+
+using diffattn::detail::native_batch;
+
+template <class T>
+class SimdTest : public ::testing::Test {};
+TYPED_TEST_SUITE(SimdTest, FloatTypes);
+
+/// exp2_nonpositive over a whole array, one batch at a time.
+template <class T>
+std::vector<T> simd_exp2(const std::vector<T>& x) {
+  using B = native_batch<T>;
+  std::vector<T> out(x.size());
+  for (std::size_t i = 0; i < x.size(); i += B::size) {
+    diffattn::detail::exp2_nonpositive(B::load_unaligned(&x[i])).store_unaligned(&out[i]);
+  }
+  return out;
+}
+
+/// Distance in units in the last place between a and the exact value.
+template <class T>
+double ulp_error(T a, long double exact) {
+  const T rounded = static_cast<T>(exact);
+  const double ulp = static_cast<double>(std::nextafter(rounded, std::numeric_limits<T>::infinity()) - rounded);
+  return static_cast<double>(std::abs(static_cast<long double>(a) - exact)) / ulp;
+}
+
+TYPED_TEST(SimdTest, Exp2WithinTwoUlp) {
+  using T = TypeParam;
+  const T lowest = diffattn::detail::exp2_constants<T>::lowest;
+  std::vector<T> x;
+  for (int i = 0; i < 200000; ++i) x.push_back(lowest * static_cast<T>(i) / T(200000));
+  std::mt19937_64 rng(9);
+  std::uniform_real_distribution<double> small(-1, 0);
+  for (int i = 0; i < 50000; ++i) x.push_back(static_cast<T>(small(rng)));  // dense near 0
+  x.push_back(T(0));
+  x.push_back(T(-0.5));
+  x.push_back(-std::numeric_limits<T>::denorm_min());
+  while (x.size() % native_batch<T>::size != 0) x.push_back(T(-1));
+  const auto y = simd_exp2(x);
+  double worst = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    worst = std::max(worst, ulp_error(y[i], std::exp2(static_cast<long double>(x[i]))));
+  }
+  EXPECT_LE(worst, 2.0);
+  EXPECT_EQ(simd_exp2(std::vector<T>(native_batch<T>::size, T(0)))[0], T(1));
+}
+
+TYPED_TEST(SimdTest, Exp2SpecialValues) {
+  using T = TypeParam;
+  constexpr std::size_t lanes = native_batch<T>::size;
+  const T lowest = diffattn::detail::exp2_constants<T>::lowest;
+  const T values[] = {-std::numeric_limits<T>::infinity(), lowest - T(0.5), T(-1e30),
+                      std::numeric_limits<T>::quiet_NaN()};
+  for (T value : values) {
+    const auto y = simd_exp2(std::vector<T>(lanes, value));
+    if (std::isnan(value)) {
+      EXPECT_TRUE(std::isnan(y[0]));
+    } else {
+      EXPECT_EQ(y[0], T(0)) << value;
+    }
+  }
+  // Mixed lanes: each lane on its own.
+  std::vector<T> mixed(2 * lanes, T(-3));
+  mixed[0] = std::numeric_limits<T>::quiet_NaN();
+  mixed[lanes - 1] = -std::numeric_limits<T>::infinity();
+  const auto y = simd_exp2(mixed);
+  EXPECT_TRUE(std::isnan(y[0]));
+  EXPECT_EQ(y[lanes - 1], T(0));
+  if (lanes > 2) {
+    EXPECT_EQ(y[1], T(0.125));
+  }
+  EXPECT_EQ(y[lanes], T(0.125));
+}
+
+TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
+  using T = TypeParam;
+  using blocking = diffattn::detail::micro_blocking<T>;
+  constexpr index_t lanes = blocking::lanes;
+  std::mt19937_64 rng(10);
+  std::uniform_real_distribution<double> dist(-1, 1);
+  auto random_vector = [&](index_t n) {
+    std::vector<T> v(static_cast<std::size_t>(n));
+    for (auto& e : v) e = static_cast<T>(dist(rng));
+    return v;
+  };
+  const index_t rows = blocking::qk_rows * blocking::pv_rows;  // a multiple of both
+  for (index_t depth : {1, 3, 16, 31}) {
+    for (index_t cols = lanes; cols <= 5 * lanes; cols += lanes) {
+      SCOPED_TRACE(::testing::Message() << "depth=" << depth << " cols=" << cols);
+      const auto q = random_vector(rows * depth);
+      const auto kt = random_vector(depth * cols);
+      std::vector<T> s(static_cast<std::size_t>(rows * cols));
+      diffattn::detail::qk_tile(q.data(), depth, rows, kt.data(), cols, cols, depth, s.data(), cols);
+      for (index_t r = 0; r < rows; ++r) {
+        for (index_t j = 0; j < cols; ++j) {
+          double expected = 0;
+          for (index_t c = 0; c < depth; ++c) expected += double(q[r * depth + c]) * double(kt[c * cols + j]);
+          // depth products of |x| <= 1, accumulated in T: depth roundings.
+          EXPECT_NEAR(s[r * cols + j], expected, tolerance<T>(double(depth) + 1, double(depth)));
+        }
+      }
+      // O += P·V with keys = depth, width = cols.
+      const auto v = random_vector(depth * cols);
+      std::vector<T> o = random_vector(rows * cols);
+      const std::vector<T> o_before = o;
+      diffattn::detail::pv_accumulate(q.data(), depth, rows, depth, v.data(), cols, cols, o.data(), cols);
+      for (index_t r = 0; r < rows; ++r) {
+        for (index_t d = 0; d < cols; ++d) {
+          double expected = o_before[r * cols + d];
+          for (index_t j = 0; j < depth; ++j) expected += double(q[r * depth + j]) * double(v[j * cols + d]);
+          EXPECT_NEAR(o[r * cols + d], expected, tolerance<T>(double(depth) + 2, double(depth) + 1));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace diffattn_test
