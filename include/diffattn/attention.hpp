@@ -63,7 +63,6 @@ void run_diff_attention(const char* fn, TensorView<const T, 4> q1, TensorView<co
   args.v = v;
   args.out = out;
   args.diff = true;
-  args.shared_keys = same_view(k1, k2);
   fused_attention(args, options.threads, options.workspace_limit);
 }
 

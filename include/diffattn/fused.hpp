@@ -3,20 +3,21 @@
 ///
 /// Work is split into tiles of query rows. A tile holds the rows of every query head that
 /// shares one kv head (grouped-query attention) for a range of query positions, so each
-/// K/V tile is read once for the whole group while it is hot in cache.
+/// K/V tile is read once for the whole group while it is hot in cache. Scores are kept
+/// transposed, Sᵀ [keys, rows], so query rows run along the SIMD lanes (microkernels.hpp).
 ///
 /// Standard attention streams key tiles through an online softmax ("flash"): per key
-/// tile, S = Q·Kᵀ (Q pre-scaled by scale·log2 e, so exp becomes exp2), the running row
-/// max m, the running sum l, and O += P·V, rescaling O only when m grows. No Nq×Nk matrix
-/// exists. FLOPs: 2·Nq·Nk·(D + Dv).
+/// tile, Sᵀ = K·Qᵀ (Q pre-scaled by scale·log2 e, so exp becomes exp2), the running row
+/// max m, the running sum l, and O += P·V, rescaling a row of O only when its max grew.
+/// No Nq×Nk matrix exists. FLOPs: 2·Nq·Nk·(D + Dv).
 ///
 /// Differential attention, two-pass (default): per query tile, S1 and S2 against all
-/// visible keys go to a per-thread workspace of rows × Nk, each row's exact max and sum
+/// visible keys go to a per-thread workspace of Nk × rows, each row's exact max and sum
 /// are taken, P = softmax(S1) − λ·softmax(S2) is formed in place, then ONE P·V product
 /// runs: 2·Nq·Nk·(2D + Dv) FLOPs, the same as standard attention with twice the heads at
 /// width D = Dv/2. Streaming (fallback): two online softmax states and two P·V products,
-/// 2·Nq·Nk·(2D + 2Dv) FLOPs (1.5× at Dv = 2D) but only O(rows × key tile) memory; used when
-/// a single tile's rows × Nk workspace would exceed options.workspace_limit, and for
+/// 2·Nq·Nk·(2D + 2Dv) FLOPs (1.5× at Dv = 2D) in O(rows × key tile) memory; used when a
+/// single tile's Nk × rows workspace would exceed options.workspace_limit, and for
 /// decoding (few query rows), where reading K/V, not FLOPs, is the cost.
 ///
 /// Decoding: with few query tiles and long Nk the keys are split in fixed chunks, each
@@ -50,78 +51,68 @@ struct FusedArgs {
   TensorView<T, 4> out;
   AttentionProblem problem;
   bool diff = false;
-  bool shared_keys = false;  // k2 is k1: pack and read each K tile once for both maps
 };
-
-template <class T>
-bool same_view(TensorView<const T, 4> a, TensorView<const T, 4> b) {
-  return a.data() == b.data() && a.shape() == b.shape() && a.strides() == b.strides();
-}
 
 /// Tiling and method decisions for one call. Only `positions_per_tile` and `threads`
 /// may depend on the thread count; they never change a result.
 struct FusedPlan {
-  static constexpr index_t key_tile = 64;        // keys per streamed tile
-  static constexpr index_t target_rows = 64;     // query rows per tile (all heads of a group)
+  static constexpr index_t key_tile = 64;     // keys per streamed tile
+  static constexpr index_t target_rows = 64;  // query rows per tile (all heads of a group)
   static constexpr index_t split_chunk_min = 1024;
   static constexpr index_t max_split_chunks = 64;
 
   index_t positions_per_tile = 1;  // query positions per tile; rows = group × positions
   index_t tiles_per_group = 0;     // ceil(Nq / positions_per_tile)
   index_t tiles = 0;               // B × Hkv × tiles_per_group
-  index_t key_chunk = 0;           // keys per split chunk (Nk rounded when not split)
+  index_t key_chunk = 0;           // keys per split chunk (all keys when not split)
   index_t chunks = 1;
   bool split_keys = false;
   bool two_pass = false;  // diff only
   int threads = 1;
 };
 
-inline index_t rows_padded(index_t rows, index_t row_align) { return round_up(std::max<index_t>(rows, 1), row_align); }
-
+/// Padded sizes that follow from the shapes.
 template <class T>
 struct FusedSizes {
-  index_t row_align, dv_pad, key_span;
+  index_t dv_pad;     // value width rounded up to whole batches
+  bool pack_values;   // V rows are read in place unless their width needs padding
   explicit FusedSizes(const AttentionProblem& p)
-      : row_align(std::max(micro_blocking<T>::qk_rows, micro_blocking<T>::pv_rows)),
-        dv_pad(round_up(std::max<index_t>(p.value_dim, 1), micro_blocking<T>::lanes)),
-        key_span(round_up(std::max<index_t>(p.kv_len, 1), micro_blocking<T>::lanes)) {}
+      : dv_pad(round_up(std::max<index_t>(p.value_dim, 1), micro_blocking<T>::lanes)),
+        pack_values(p.value_dim % micro_blocking<T>::lanes != 0) {}
+  static index_t rows_padded(index_t rows) {
+    return round_up(std::max<index_t>(rows, 1), micro_blocking<T>::row_align);
+  }
 };
 
-/// Per-thread scratch: packed Q, a transposed K tile, a V tile, scores, accumulators.
+/// Per-thread scratch: packed Qᵀ, transposed scores, accumulators and row statistics.
 template <class T>
 struct ThreadWorkspace {
-  ScratchArray<T> q1, q2, kt1, kt2, values, s1, s2, acc1, acc2, m1, l1, m2, l2;
+  ScratchArray<T> qt1, qt2, st1, st2, values, acc1, acc2, stats;
 
-  /// Bytes for a tile of `rows_pad` rows; `score_columns` is key_tile (streaming) or the
-  /// padded key span (two-pass).
-  static std::size_t bytes(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
-                           index_t score_columns, bool diff) {
+  /// Elements for a tile of `rows_pad` rows whose scores span `score_keys` keys.
+  static index_t elements(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
+                          index_t score_keys, bool diff) {
     const index_t maps = diff ? 2 : 1;
-    const index_t d = std::max<index_t>(p.head_dim, 1);
-    const index_t elements = maps * rows_pad * d + maps * d * FusedPlan::key_tile +
-                             FusedPlan::key_tile * sz.dv_pad + maps * rows_pad * score_columns +
-                             maps * rows_pad * sz.dv_pad + 4 * rows_pad;
-    return static_cast<std::size_t>(elements) * sizeof(T);
+    return maps * (p.head_dim * rows_pad + score_keys * rows_pad + rows_pad * sz.dv_pad) +
+           (sz.pack_values ? FusedPlan::key_tile * sz.dv_pad : 0) + 6 * rows_pad;
+  }
+  static std::size_t bytes(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
+                           index_t score_keys, bool diff) {
+    return static_cast<std::size_t>(elements(p, sz, rows_pad, score_keys, diff)) * sizeof(T);
   }
 
   void reserve(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
-               index_t score_columns, bool diff) {
-    const index_t d = std::max<index_t>(p.head_dim, 1);
-    q1.reserve(rows_pad * d);
-    kt1.reserve(d * FusedPlan::key_tile);
-    values.reserve(FusedPlan::key_tile * sz.dv_pad);
-    s1.reserve(rows_pad * score_columns);
+               index_t score_keys, bool diff) {
+    qt1.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad);
+    st1.reserve(score_keys * rows_pad);
     acc1.reserve(rows_pad * sz.dv_pad);
-    m1.reserve(rows_pad);
-    l1.reserve(rows_pad);
     if (diff) {
-      q2.reserve(rows_pad * d);
-      kt2.reserve(d * FusedPlan::key_tile);
-      s2.reserve(rows_pad * score_columns);
+      qt2.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad);
+      st2.reserve(score_keys * rows_pad);
       acc2.reserve(rows_pad * sz.dv_pad);
-      m2.reserve(rows_pad);
-      l2.reserve(rows_pad);
     }
+    if (sz.pack_values) values.reserve(FusedPlan::key_tile * sz.dv_pad);
+    stats.reserve(6 * rows_pad);  // m1, l1, m2, l2, λ per row, rescale factors
   }
 };
 
@@ -130,6 +121,10 @@ struct ThreadWorkspace {
 struct QueryTile {
   index_t batch, kv_head, first, last;
   index_t positions() const { return last - first; }
+  index_t head(const AttentionProblem& p, index_t r) const {
+    return kv_head * p.group + r / positions();
+  }
+  index_t position(index_t r) const { return first + r % positions(); }
 };
 
 inline QueryTile tile_at(const AttentionProblem& p, const FusedPlan& plan, index_t tile) {
@@ -140,134 +135,93 @@ inline QueryTile tile_at(const AttentionProblem& p, const FusedPlan& plan, index
   return {batch, kv_head, first, std::min(p.q_len, first + plan.positions_per_tile)};
 }
 
-/// Copies the tile's query rows, times scale·log2 e, into q_packed [rows_pad, D];
-/// padding rows are zero so their scores are zero and never reach an output.
+/// qt [D, rows_pad] = (Q rows of the tile · scale·log2 e)ᵀ; padding rows are zero.
 template <class T>
-void pack_queries(TensorView<const T, 4> q, const AttentionProblem& p, const QueryTile& tile,
-                  index_t rows_pad, T factor, T* q_packed) {
-  const index_t positions = tile.positions();
-  const index_t rows = p.group * positions;
+void pack_queries_transposed(TensorView<const T, 4> q, const AttentionProblem& p,
+                             const QueryTile& tile, index_t rows_pad, T factor, T* qt) {
+  const index_t rows = p.group * tile.positions();
   for (index_t r = 0; r < rows; ++r) {
-    const T* src = &q(tile.batch, tile.kv_head * p.group + r / positions, tile.first + r % positions, 0);
-    T* dst = q_packed + r * p.head_dim;
-    for (index_t c = 0; c < p.head_dim; ++c) dst[c] = src[c] * factor;
+    const T* src = &q(tile.batch, tile.head(p, r), tile.position(r), 0);
+    for (index_t c = 0; c < p.head_dim; ++c) qt[c * rows_pad + r] = src[c] * factor;
   }
-  std::fill(q_packed + rows * p.head_dim, q_packed + rows_pad * p.head_dim, T(0));
+  for (index_t c = 0; c < p.head_dim; ++c) std::fill(qt + c * rows_pad + rows, qt + (c + 1) * rows_pad, T(0));
 }
 
-/// kt [D, columns] = K[first .. first + count)ᵀ, zero beyond count.
+/// Scores of the tile's rows against keys [first, first + count) into st (row j of st
+/// is key first + j; columns are query rows): K·Qᵀ, plus mask·log2 e, and −inf past
+/// each row's causal limit.
 template <class T>
-void pack_keys_transposed(TensorView<const T, 4> k, const AttentionProblem& p, index_t batch,
-                          index_t kv_head, index_t first, index_t count, index_t columns, T* kt) {
-  for (index_t j = 0; j < count; ++j) {
-    const T* src = &k(batch, kv_head, first + j, 0);
-    for (index_t c = 0; c < p.head_dim; ++c) kt[c * columns + j] = src[c];
-  }
-  for (index_t c = 0; c < p.head_dim; ++c) std::fill(kt + c * columns + count, kt + (c + 1) * columns, T(0));
-}
-
-/// values [count, dv_pad] = V[first .. first + count), zero-padded in width.
-template <class T>
-void pack_values(TensorView<const T, 4> v, const AttentionProblem& p, index_t batch,
-                 index_t kv_head, index_t first, index_t count, index_t dv_pad, T* values) {
-  for (index_t j = 0; j < count; ++j) {
-    const T* src = &v(batch, kv_head, first + j, 0);
-    T* dst = values + j * dv_pad;
-    std::copy(src, src + p.value_dim, dst);
-    std::fill(dst + p.value_dim, dst + dv_pad, T(0));
-  }
-}
-
-/// Scores of the tile's rows against keys [first, first + count) into s (row stride
-/// s_stride, columns [0, count_pad)): Q·Kᵀ, plus mask·log2 e, −inf past each row's causal
-/// limit and in the padding columns.
-template <class T>
-void score_key_tile(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad,
-                    const T* q_packed, const T* kt, index_t first, index_t count,
-                    index_t count_pad, T* s, index_t s_stride) {
-  using B = native_batch<T>;
-  constexpr index_t lanes = static_cast<index_t>(B::size);
+void score_keys(const FusedArgs<T>& a, TensorView<const T, 4> k, const QueryTile& tile,
+                index_t rows_pad, const T* qt, index_t first, index_t count, T* st) {
   constexpr T minus_inf = -std::numeric_limits<T>::infinity();
   const AttentionProblem& p = a.problem;
-  qk_tile(q_packed, p.head_dim, rows_pad, kt, count_pad, count_pad, p.head_dim, s, s_stride);
-  const index_t positions = tile.positions();
-  const index_t rows = p.group * positions;
+  if (count <= 0) return;
+  score_tile(&k(tile.batch, tile.kv_head, first, 0), k.stride(2), count, qt, rows_pad, rows_pad,
+             p.head_dim, st, rows_pad);
+  const index_t rows = p.group * tile.positions();
   const T log2e = static_cast<T>(1.4426950408889634074);
   for (index_t r = 0; r < rows; ++r) {
-    T* row = s + r * s_stride;
-    const index_t head = tile.kv_head * p.group + r / positions;
-    const index_t position = tile.first + r % positions;
+    const index_t position = tile.position(r);
     if (p.has_mask) {
-      const T* mask_row = &a.mask(tile.batch, head, position, first);
-      index_t j = 0;
-      for (; j + lanes <= count; j += lanes) {
-        simd_fma(B::load_unaligned(mask_row + j), B(log2e), B::load_unaligned(row + j))
-            .store_unaligned(row + j);
-      }
-      for (; j < count; ++j) row[j] = std::fma(mask_row[j], log2e, row[j]);
+      const T* mask_row = &a.mask(tile.batch, tile.head(p, r), position, first);
+      for (index_t j = 0; j < count; ++j) st[j * rows_pad + r] = std::fma(mask_row[j], log2e, st[j * rows_pad + r]);
     }
     const index_t visible = std::clamp<index_t>(p.key_limit(position) - first, 0, count);
-    std::fill(row + visible, row + count_pad, minus_inf);
+    for (index_t j = visible; j < count; ++j) st[j * rows_pad + r] = minus_inf;
   }
 }
 
-/// Largest value of row[0, columns) (columns a multiple of the batch width). A NaN may or
-/// may not be returned; either way it reaches the output through exp2.
+/// Lane-wise max over keys of st [count, rows_pad], for one vector of rows at `offset`.
+/// NaN scores are skipped here; they reach the output through exp2.
 template <class T>
-T row_max(const T* row, index_t columns) {
+native_batch<T> column_max(const T* st, index_t rows_pad, index_t count, index_t offset) {
   using B = native_batch<T>;
-  constexpr index_t lanes = static_cast<index_t>(B::size);
   B best(-std::numeric_limits<T>::infinity());
-  for (index_t j = 0; j < columns; j += lanes) best = simd_max(B::load_unaligned(row + j), best);
-  return simd_hmax(best);
+  for (index_t j = 0; j < count; ++j) best = simd_max(B::load_unaligned(st + j * rows_pad + offset), best);
+  return best;
 }
 
-/// True if row[0, columns) holds a NaN. Only asked for rows whose max is −inf, where a
-/// NaN could otherwise hide behind "no visible key".
+/// st[j][lanes] = 2^(st[j][lanes] − shift) in place for one vector of rows; returns the
+/// lane-wise sums. Two accumulators halve the add chain, in a fixed order.
 template <class T>
-bool row_has_nan(const T* row, index_t columns) {
-  for (index_t j = 0; j < columns; ++j) {
-    if (std::isnan(row[j])) return true;
-  }
-  return false;
-}
-
-/// row[j] = 2^(row[j] − shift) in place; returns the sum.
-template <class T>
-T exp2_shifted_in_place(T* row, index_t columns, T shift) {
+native_batch<T> exp2_columns(T* st, index_t rows_pad, index_t count, index_t offset,
+                             native_batch<T> shift) {
   using B = native_batch<T>;
-  constexpr index_t lanes = static_cast<index_t>(B::size);
-  // Two partial sums: the exp2 chain is long, the adds are not the bottleneck, but the
-  // fixed pairing keeps the summation order independent of everything but `columns`.
   B sum0(T(0)), sum1(T(0));
-  const B offset(shift);
   index_t j = 0;
-  for (; j + 2 * lanes <= columns; j += 2 * lanes) {
-    const B e0 = exp2_nonpositive(B::load_unaligned(row + j) - offset);
-    const B e1 = exp2_nonpositive(B::load_unaligned(row + j + lanes) - offset);
-    e0.store_unaligned(row + j);
-    e1.store_unaligned(row + j + lanes);
+  for (; j + 2 <= count; j += 2) {
+    T* p0 = st + j * rows_pad + offset;
+    T* p1 = p0 + rows_pad;
+    const B e0 = exp2_nonpositive(B::load_unaligned(p0) - shift);
+    const B e1 = exp2_nonpositive(B::load_unaligned(p1) - shift);
+    e0.store_unaligned(p0);
+    e1.store_unaligned(p1);
     sum0 = sum0 + e0;
     sum1 = sum1 + e1;
   }
-  for (; j < columns; j += lanes) {
-    const B e = exp2_nonpositive(B::load_unaligned(row + j) - offset);
-    e.store_unaligned(row + j);
-    sum0 = sum0 + e;
+  if (j < count) {
+    T* p0 = st + j * rows_pad + offset;
+    const B e0 = exp2_nonpositive(B::load_unaligned(p0) - shift);
+    e0.store_unaligned(p0);
+    sum0 = sum0 + e0;
   }
-  return simd_sum(sum0 + sum1);
+  return sum0 + sum1;
 }
 
+/// Subtracting the max lane by lane; 0 where a row has seen no key (max −inf), so that
+/// its −inf scores give 2^−inf = 0 rather than NaN.
 template <class T>
-void scale_row(T* row, index_t columns, T factor) {
+native_batch<T> safe_shift(native_batch<T> row_max) {
   using B = native_batch<T>;
-  constexpr index_t lanes = static_cast<index_t>(B::size);
-  for (index_t j = 0; j < columns; j += lanes) {
-    (B::load_unaligned(row + j) * B(factor)).store_unaligned(row + j);
-  }
+#if defined(DIFFATTN_NO_SIMD)
+  return row_max.value == -std::numeric_limits<T>::infinity() ? B(T(0)) : row_max;
+#else
+  return xsimd::select(row_max == B(-std::numeric_limits<T>::infinity()), B(T(0)), row_max);
+#endif
 }
 
 /// Online softmax state of a tile's rows: running max m, sum l, accumulator acc.
+/// A row's sum is 0 exactly when it has seen no key (else its max term adds 1).
 template <class T>
 struct FlashState {
   T* m;
@@ -282,127 +236,139 @@ void flash_reset(FlashState<T> st, index_t rows_pad, index_t dv_pad) {
   std::fill(st.acc, st.acc + rows_pad * dv_pad, T(0));
 }
 
-/// Turns a key tile's scores into P in place and updates (m, l), rescaling acc rows
-/// whose max grew. Rows that have seen no key yet keep m = −inf and get P = 0.
+/// Turns a key tile's scores into P in place, updates (m, l), and rescales the acc rows
+/// whose max grew.
 template <class T>
-void flash_softmax_update(FlashState<T> st, index_t rows, T* s, index_t s_stride,
-                          index_t count_pad, index_t dv_pad) {
-  constexpr T minus_inf = -std::numeric_limits<T>::infinity();
-  for (index_t r = 0; r < rows; ++r) {
-    T* row = s + r * s_stride;
-    const T tile_max = row_max(row, count_pad);
-    const T m_old = st.m[r];
-    const T m_new = tile_max > m_old ? tile_max : m_old;
-    if (m_new == minus_inf) {
-      if (row_has_nan(row, count_pad)) {  // NaN logits among masked ones: the row is NaN
-        st.m[r] = st.l[r] = std::numeric_limits<T>::quiet_NaN();
-        std::fill(row, row + count_pad, std::numeric_limits<T>::quiet_NaN());
-      } else {
-        std::fill(row, row + count_pad, T(0));
-      }
-      continue;
+void flash_softmax_update(FlashState<T> state, T* st, index_t rows_pad, index_t count,
+                          index_t dv_pad, T* rescale) {
+  using B = native_batch<T>;
+  constexpr index_t lanes = micro_blocking<T>::lanes;
+  for (index_t offset = 0; offset < rows_pad; offset += lanes) {
+    const B m_old = B::load_unaligned(state.m + offset);
+    const B m_new = simd_max(column_max(st, rows_pad, count, offset), m_old);
+    const B shift = safe_shift<T>(m_new);
+    const B sum = exp2_columns(st, rows_pad, count, offset, shift);
+    const B alpha = exp2_nonpositive(m_old - shift);
+    simd_fma(B::load_unaligned(state.l + offset), alpha, sum).store_unaligned(state.l + offset);
+    m_new.store_unaligned(state.m + offset);
+    alpha.store_unaligned(rescale + offset);
+  }
+  for (index_t r = 0; r < rows_pad; ++r) {
+    if (rescale[r] != T(1)) {
+      T* row = state.acc + r * dv_pad;
+      for (index_t d = 0; d < dv_pad; ++d) row[d] *= rescale[r];
     }
-    const T row_sum = exp2_shifted_in_place(row, count_pad, m_new);
-    if (m_new != m_old) {
-      const T alpha = m_old == minus_inf ? T(0) : std::exp2(m_old - m_new);
-      st.l[r] = st.l[r] * alpha + row_sum;
-      if (m_old != minus_inf) scale_row(st.acc + r * dv_pad, dv_pad, alpha);
-    } else {
-      st.l[r] += row_sum;
-    }
-    st.m[r] = m_new;
   }
 }
 
-/// Streams keys [key_begin, key_end) of one map through the online softmax state.
-/// With `second`, the diff map 2 streams alongside, sharing each V tile (and K tile
-/// when k2 is k1).
+/// Where the V rows of keys [first, first + count) are read from: in place, or from a
+/// zero-padded copy when the value width is not a whole number of batches.
+template <class T>
+const T* value_rows(const FusedArgs<T>& a, const FusedSizes<T>& sz, const QueryTile& tile,
+                    index_t first, index_t count, T* packed, index_t& stride) {
+  const T* src = &a.v(tile.batch, tile.kv_head, first, 0);
+  if (!sz.pack_values) {
+    stride = a.v.stride(2);
+    return src;
+  }
+  for (index_t j = 0; j < count; ++j) {
+    const T* row = src + j * a.v.stride(2);
+    std::copy(row, row + a.problem.value_dim, packed + j * sz.dv_pad);
+    std::fill(packed + j * sz.dv_pad + a.problem.value_dim, packed + (j + 1) * sz.dv_pad, T(0));
+  }
+  stride = sz.dv_pad;
+  return packed;
+}
+
+/// Streams keys [key_begin, key_end) through one or (diff, streaming) two online
+/// softmax states. Both maps share each V tile; when k2 is k1 (the "V2" form), map 2
+/// re-reads the K tile map 1 just brought into L1/L2, so memory sees it once.
 template <class T>
 void flash_stream(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad,
                   const FusedSizes<T>& sz, ThreadWorkspace<T>& ws, index_t key_begin,
                   index_t key_end, FlashState<T> first_state, const FlashState<T>* second_state) {
-  const AttentionProblem& p = a.problem;
-  const index_t rows = p.group * tile.positions();
-  constexpr index_t lanes = micro_blocking<T>::lanes;
+  T* rescale = ws.stats.data() + 5 * rows_pad;
   for (index_t j0 = key_begin; j0 < key_end; j0 += FusedPlan::key_tile) {
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
-    const index_t count_pad = round_up(count, lanes);
-    pack_keys_transposed(a.k1, p, tile.batch, tile.kv_head, j0, count, count_pad, ws.kt1.data());
-    score_key_tile(a, tile, rows_pad, ws.q1.data(), ws.kt1.data(), j0, count, count_pad,
-                   ws.s1.data(), FusedPlan::key_tile);
-    flash_softmax_update(first_state, rows, ws.s1.data(), FusedPlan::key_tile, count_pad, sz.dv_pad);
+    score_keys(a, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, ws.st1.data());
+    flash_softmax_update(first_state, ws.st1.data(), rows_pad, count, sz.dv_pad, rescale);
     if (second_state != nullptr) {
-      const T* kt2 = ws.kt1.data();
-      if (!a.shared_keys) {
-        pack_keys_transposed(a.k2, p, tile.batch, tile.kv_head, j0, count, count_pad, ws.kt2.data());
-        kt2 = ws.kt2.data();
-      }
-      score_key_tile(a, tile, rows_pad, ws.q2.data(), kt2, j0, count, count_pad, ws.s2.data(),
-                     FusedPlan::key_tile);
-      flash_softmax_update(*second_state, rows, ws.s2.data(), FusedPlan::key_tile, count_pad,
-                           sz.dv_pad);
+      score_keys(a, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, ws.st2.data());
+      flash_softmax_update(*second_state, ws.st2.data(), rows_pad, count, sz.dv_pad, rescale);
     }
-    pack_values(a.v, p, tile.batch, tile.kv_head, j0, count, sz.dv_pad, ws.values.data());
-    pv_accumulate(ws.s1.data(), FusedPlan::key_tile, rows_pad, count, ws.values.data(), sz.dv_pad,
-                  sz.dv_pad, first_state.acc, sz.dv_pad);
+    index_t v_stride = 0;
+    const T* v = value_rows(a, sz, tile, j0, count, ws.values.data(), v_stride);
+    value_tile(ws.st1.data(), rows_pad, rows_pad, count, v, v_stride, sz.dv_pad,
+               first_state.acc, sz.dv_pad);
     if (second_state != nullptr) {
-      pv_accumulate(ws.s2.data(), FusedPlan::key_tile, rows_pad, count, ws.values.data(),
-                    sz.dv_pad, sz.dv_pad, second_state->acc, sz.dv_pad);
+      value_tile(ws.st2.data(), rows_pad, rows_pad, count, v, v_stride, sz.dv_pad,
+                 second_state->acc, sz.dv_pad);
     }
   }
 }
 
-/// Merges the per-chunk states [chunks][...] of a split tile into `merged`, in chunk
-/// order: acc = Σ acc_c·2^(m_c − m), l = Σ l_c·2^(m_c − m), m = max m_c.
+/// Merges the per-chunk states of a split tile into `merged`, in chunk order:
+/// m = max m_c, acc = Σ acc_c·2^(m_c − m), l = Σ l_c·2^(m_c − m).
 template <class T>
 void merge_chunk_states(const FlashState<T>* chunk_states, index_t chunks, index_t rows,
                         index_t dv_pad, FlashState<T> merged) {
   constexpr T minus_inf = -std::numeric_limits<T>::infinity();
   for (index_t r = 0; r < rows; ++r) {
     T m = minus_inf;
-    bool saw_nan = false;
-    for (index_t c = 0; c < chunks; ++c) {
-      saw_nan = saw_nan || std::isnan(chunk_states[c].m[r]);
-      m = chunk_states[c].m[r] > m ? chunk_states[c].m[r] : m;
-    }
-    if (saw_nan) m = std::numeric_limits<T>::quiet_NaN();
+    for (index_t c = 0; c < chunks; ++c) m = chunk_states[c].m[r] > m ? chunk_states[c].m[r] : m;
+    const T shift = m == minus_inf ? T(0) : m;
     merged.m[r] = m;
-    merged.l[r] = saw_nan ? m : T(0);
+    merged.l[r] = 0;
     T* acc = merged.acc + r * dv_pad;
-    std::fill(acc, acc + dv_pad, saw_nan ? m : T(0));
-    if (m == minus_inf || saw_nan) continue;
+    std::fill(acc, acc + dv_pad, T(0));
     for (index_t c = 0; c < chunks; ++c) {
-      const T m_c = chunk_states[c].m[r];
-      if (m_c == minus_inf) continue;
-      const T weight = std::exp2(m_c - m);
-      merged.l[r] += chunk_states[c].l[r] * weight;
+      const T weight = chunk_states[c].m[r] == minus_inf ? T(0) : std::exp2(chunk_states[c].m[r] - shift);
+      merged.l[r] = std::fma(chunk_states[c].l[r], weight, merged.l[r]);
       const T* part = chunk_states[c].acc + r * dv_pad;
       for (index_t d = 0; d < dv_pad; ++d) acc[d] = std::fma(part[d], weight, acc[d]);
     }
   }
 }
 
-/// Writes the tile's outputs: acc1/l1 (standard) or acc1/l1 − λ·acc2/l2 (diff, streaming).
-/// A map whose row saw no key contributes zero.
+/// Writes the tile's outputs: acc1/l1 (standard) or acc1/l1 − λ·acc2/l2 (diff,
+/// streaming). A map whose row saw no key (l = 0) contributes zero; a NaN l, NaN.
 template <class T>
 void write_flash_output(const FusedArgs<T>& a, const QueryTile& tile, index_t dv_pad,
                         FlashState<T> first, const FlashState<T>* second) {
-  constexpr T minus_inf = -std::numeric_limits<T>::infinity();
   const AttentionProblem& p = a.problem;
-  const index_t positions = tile.positions();
-  for (index_t r = 0; r < p.group * positions; ++r) {
-    const index_t head = tile.kv_head * p.group + r / positions;
-    const index_t position = tile.first + r % positions;
+  for (index_t r = 0; r < p.group * tile.positions(); ++r) {
+    const index_t head = tile.head(p, r);
+    const index_t position = tile.position(r);
     T* out = &a.out(tile.batch, head, position, 0);
     const T* acc1 = first.acc + r * dv_pad;
-    const T inv1 = first.m[r] == minus_inf ? T(0) : T(1) / first.l[r];
     if (second == nullptr) {
-      for (index_t d = 0; d < p.value_dim; ++d) out[d] = first.m[r] == minus_inf ? T(0) : acc1[d] / first.l[r];
+      for (index_t d = 0; d < p.value_dim; ++d) out[d] = first.l[r] == T(0) ? T(0) : acc1[d] / first.l[r];
       continue;
     }
     const T* acc2 = second->acc + r * dv_pad;
-    const T weight2 = second->m[r] == minus_inf ? T(0) : a.lambda(tile.batch, head, position) / second->l[r];
-    for (index_t d = 0; d < p.value_dim; ++d) out[d] = acc1[d] * inv1 - acc2[d] * weight2;
+    const T weight1 = first.l[r] == T(0) ? T(0) : T(1) / first.l[r];
+    const T weight2 = second->l[r] == T(0) ? T(0) : a.lambda(tile.batch, head, position) / second->l[r];
+    for (index_t d = 0; d < p.value_dim; ++d) out[d] = acc1[d] * weight1 - acc2[d] * weight2;
+  }
+}
+
+/// Softmax of one map's transposed scores st [keys, rows_pad] over all keys, in place;
+/// the per-row factor (1/l, or λ/l for map 2) is left in `weight`, 0 for rows that see
+/// no key.
+template <class T>
+void exact_softmax_columns(T* st, index_t rows_pad, index_t keys, const T* numerator, T* weight) {
+  using B = native_batch<T>;
+  constexpr index_t lanes = micro_blocking<T>::lanes;
+  for (index_t offset = 0; offset < rows_pad; offset += lanes) {
+    const B shift = safe_shift<T>(column_max(st, rows_pad, keys, offset));
+    const B sum = exp2_columns(st, rows_pad, keys, offset, shift);
+    const B num = numerator == nullptr ? B(T(1)) : B::load_unaligned(numerator + offset);
+#if defined(DIFFATTN_NO_SIMD)
+    const B w = sum.value == T(0) ? B(T(0)) : B(num.value / sum.value);
+#else
+    const B w = xsimd::select(sum == B(T(0)), B(T(0)), num / sum);
+#endif
+    w.store_unaligned(weight + offset);
   }
 }
 
@@ -411,63 +377,45 @@ void write_flash_output(const FusedArgs<T>& a, const QueryTile& tile, index_t dv
 template <class T>
 void diff_two_pass_tile(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad,
                         const FusedSizes<T>& sz, ThreadWorkspace<T>& ws) {
-  constexpr T minus_inf = -std::numeric_limits<T>::infinity();
+  using B = native_batch<T>;
   constexpr index_t lanes = micro_blocking<T>::lanes;
   const AttentionProblem& p = a.problem;
-  const index_t positions = tile.positions();
-  const index_t rows = p.group * positions;
+  const index_t rows = p.group * tile.positions();
   const index_t key_end = p.key_limit(tile.last - 1);  // the last position sees the most keys
-  const index_t span = round_up(std::max<index_t>(key_end, 1), lanes);
-  const index_t stride = sz.key_span;
+  T* st1 = ws.st1.data();
+  T* st2 = ws.st2.data();
   for (index_t j0 = 0; j0 < key_end; j0 += FusedPlan::key_tile) {
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
-    const index_t count_pad = round_up(count, lanes);
-    pack_keys_transposed(a.k1, p, tile.batch, tile.kv_head, j0, count, count_pad, ws.kt1.data());
-    score_key_tile(a, tile, rows_pad, ws.q1.data(), ws.kt1.data(), j0, count, count_pad,
-                   ws.s1.data() + j0, stride);
-    const T* kt2 = ws.kt1.data();
-    if (!a.shared_keys) {
-      pack_keys_transposed(a.k2, p, tile.batch, tile.kv_head, j0, count, count_pad, ws.kt2.data());
-      kt2 = ws.kt2.data();
-    }
-    score_key_tile(a, tile, rows_pad, ws.q2.data(), kt2, j0, count, count_pad,
-                   ws.s2.data() + j0, stride);
+    score_keys(a, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, st1 + j0 * rows_pad);
+    score_keys(a, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, st2 + j0 * rows_pad);
   }
-  // With key_end = 0 no row sees a key: the loops below skip and the output is zero.
-  const T nan = std::numeric_limits<T>::quiet_NaN();
-  for (index_t r = 0; r < rows && key_end > 0; ++r) {
-    T* row1 = ws.s1.data() + r * stride;
-    T* row2 = ws.s2.data() + r * stride;
-    const T m1 = row_max(row1, span);
-    const T m2 = row_max(row2, span);
-    const T l1 = m1 == minus_inf ? T(0) : exp2_shifted_in_place(row1, span, m1);
-    const T l2 = m2 == minus_inf ? T(0) : exp2_shifted_in_place(row2, span, m2);
-    const index_t head = tile.kv_head * p.group + r / positions;
-    const index_t position = tile.first + r % positions;
-    // A map with no visible key contributes zero, unless NaN logits hid among −inf ones.
-    const T weight1 = m1 != minus_inf ? T(1) / l1 : row_has_nan(row1, span) ? nan : T(0);
-    const T weight2 = m2 != minus_inf ? a.lambda(tile.batch, head, position) / l2
-                                      : row_has_nan(row2, span) ? nan : T(0);
-    using B = native_batch<T>;
-    for (index_t j = 0; j < span; j += lanes) {
-      // −inf rows (no visible key) hold −inf scores: zero them instead of exp2-ing.
-      const B e1 = m1 == minus_inf ? B(T(0)) : B::load_unaligned(row1 + j);
-      const B e2 = m2 == minus_inf ? B(T(0)) : B::load_unaligned(row2 + j);
-      (e1 * B(weight1) - e2 * B(weight2)).store_unaligned(row1 + j);
+  T* weight1 = ws.stats.data();
+  T* weight2 = weight1 + rows_pad;
+  T* lambda_rows = weight2 + rows_pad;
+  for (index_t r = 0; r < rows_pad; ++r) {
+    lambda_rows[r] = r < rows ? a.lambda(tile.batch, tile.head(p, r), tile.position(r)) : T(0);
+  }
+  exact_softmax_columns(st1, rows_pad, key_end, static_cast<const T*>(nullptr), weight1);
+  exact_softmax_columns(st2, rows_pad, key_end, lambda_rows, weight2);
+  for (index_t j = 0; j < key_end; ++j) {
+    for (index_t offset = 0; offset < rows_pad; offset += lanes) {
+      T* p1 = st1 + j * rows_pad + offset;
+      const B e2 = B::load_unaligned(st2 + j * rows_pad + offset);
+      const B w2 = B::load_unaligned(weight2 + offset);
+      (B::load_unaligned(p1) * B::load_unaligned(weight1 + offset) - e2 * w2).store_unaligned(p1);
     }
   }
   std::fill(ws.acc1.data(), ws.acc1.data() + rows_pad * sz.dv_pad, T(0));
   for (index_t j0 = 0; j0 < key_end; j0 += FusedPlan::key_tile) {
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
-    pack_values(a.v, p, tile.batch, tile.kv_head, j0, count, sz.dv_pad, ws.values.data());
-    pv_accumulate(ws.s1.data() + j0, stride, rows_pad, count, ws.values.data(), sz.dv_pad,
-                  sz.dv_pad, ws.acc1.data(), sz.dv_pad);
+    index_t v_stride = 0;
+    const T* v = value_rows(a, sz, tile, j0, count, ws.values.data(), v_stride);
+    value_tile(st1 + j0 * rows_pad, rows_pad, rows_pad, count, v, v_stride, sz.dv_pad,
+               ws.acc1.data(), sz.dv_pad);
   }
   for (index_t r = 0; r < rows; ++r) {
-    const index_t head = tile.kv_head * p.group + r / positions;
-    const index_t position = tile.first + r % positions;
     const T* acc = ws.acc1.data() + r * sz.dv_pad;
-    std::copy(acc, acc + p.value_dim, &a.out(tile.batch, head, position, 0));
+    std::copy(acc, acc + p.value_dim, &a.out(tile.batch, tile.head(p, r), tile.position(r), 0));
   }
 }
 
@@ -477,21 +425,21 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   const AttentionProblem& p = a.problem;
   FusedPlan plan;
   const index_t groups = p.batch * p.kv_heads;
+  const index_t all_keys = std::max<index_t>(p.kv_len, 1);
   // Method decisions use the shapes and the limit only (bitwise thread independence).
-  const index_t min_rows_pad = rows_padded(p.group, sz.row_align);
-  plan.two_pass =
-      a.diff && ThreadWorkspace<T>::bytes(p, sz, min_rows_pad, sz.key_span, true) <= workspace_limit;
+  plan.two_pass = a.diff && ThreadWorkspace<T>::bytes(p, sz, FusedSizes<T>::rows_padded(p.group),
+                                                      all_keys, true) <= workspace_limit;
   index_t positions = std::max<index_t>(1, FusedPlan::target_rows / p.group);
   positions = std::min(positions, std::max<index_t>(p.q_len, 1));
   const index_t natural_tiles = groups * ((p.q_len + positions - 1) / positions);
   if (natural_tiles < 8 && p.kv_len >= 4 * FusedPlan::split_chunk_min) {
-    const index_t key_chunk = std::max(FusedPlan::split_chunk_min,
-                                       round_up((p.kv_len + FusedPlan::max_split_chunks - 1) /
-                                                    FusedPlan::max_split_chunks,
-                                                FusedPlan::key_tile));
+    const index_t key_chunk = std::max(
+        FusedPlan::split_chunk_min,
+        round_up((p.kv_len + FusedPlan::max_split_chunks - 1) / FusedPlan::max_split_chunks,
+                 FusedPlan::key_tile));
     const index_t chunks = (p.kv_len + key_chunk - 1) / key_chunk;
     const index_t state_bytes = natural_tiles * chunks * (a.diff ? 2 : 1) *
-                                rows_padded(p.group * positions, sz.row_align) *
+                                FusedSizes<T>::rows_padded(p.group * positions) *
                                 (sz.dv_pad + 2) * static_cast<index_t>(sizeof(T));
     if (static_cast<std::size_t>(state_bytes) <= workspace_limit / 2) {
       plan.key_chunk = key_chunk;
@@ -502,44 +450,37 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   }
   plan.threads = resolve_threads(requested_threads, natural_tiles * plan.chunks);
   if (plan.two_pass) {
-    // Shrink the tile until every thread's rows × Nk workspace fits the limit.
-    while (positions > 1 &&
-           static_cast<std::size_t>(plan.threads) *
-                   ThreadWorkspace<T>::bytes(p, sz, rows_padded(p.group * positions, sz.row_align),
-                                             sz.key_span, true) >
-               workspace_limit) {
-      positions = (positions + 1) / 2;
-    }
-    while (plan.threads > 1 &&
-           static_cast<std::size_t>(plan.threads) *
-                   ThreadWorkspace<T>::bytes(p, sz, rows_padded(p.group * positions, sz.row_align),
-                                             sz.key_span, true) >
-               workspace_limit) {
-      --plan.threads;
-    }
+    auto total_bytes = [&] {
+      return static_cast<std::size_t>(plan.threads) *
+             ThreadWorkspace<T>::bytes(p, sz, FusedSizes<T>::rows_padded(p.group * positions),
+                                       all_keys, true);
+    };
+    // Shrink the tile, then the thread count, until every thread's workspace fits.
+    while (positions > 1 && total_bytes() > workspace_limit) positions = (positions + 1) / 2;
+    while (plan.threads > 1 && total_bytes() > workspace_limit) --plan.threads;
   }
   plan.positions_per_tile = positions;
   plan.tiles_per_group = (p.q_len + positions - 1) / positions;
   plan.tiles = groups * plan.tiles_per_group;
-  if (!plan.split_keys) plan.key_chunk = std::max<index_t>(p.kv_len, 1);
+  if (!plan.split_keys) plan.key_chunk = all_keys;
   return plan;
 }
 
-/// Runs the whole call. Arguments are validated by the caller.
+/// Runs a validated call.
 template <class T>
 void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t workspace_limit) {
   const AttentionProblem& p = a.problem;
   if (p.batch == 0 || p.q_heads == 0 || p.q_len == 0 || p.value_dim == 0) return;
   const FusedSizes<T> sz(p);
   const FusedPlan plan = make_plan(a, sz, requested_threads, workspace_limit);
-  const index_t rows_pad = rows_padded(p.group * plan.positions_per_tile, sz.row_align);
-  const index_t score_columns = plan.two_pass ? sz.key_span : FusedPlan::key_tile;
+  const index_t rows_pad = FusedSizes<T>::rows_padded(p.group * plan.positions_per_tile);
+  const index_t score_keys = plan.two_pass ? std::max<index_t>(p.kv_len, 1) : FusedPlan::key_tile;
   const index_t maps = a.diff ? 2 : 1;
   const T logit_factor = static_cast<T>(p.scale * 1.4426950408889634074);
 
   // Everything is allocated here, before any thread starts.
   std::vector<ThreadWorkspace<T>> workspaces(static_cast<std::size_t>(plan.threads));
-  for (auto& ws : workspaces) ws.reserve(p, sz, rows_pad, score_columns, a.diff);
+  for (auto& ws : workspaces) ws.reserve(p, sz, rows_pad, score_keys, a.diff);
   ScratchArray<T> chunk_storage;  // split keys: per (tile, chunk, map) states
   const index_t state_size = rows_pad * (sz.dv_pad + 2);
   if (plan.split_keys) chunk_storage.reserve(plan.tiles * plan.chunks * maps * state_size);
@@ -557,6 +498,7 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
 #endif
   {
     ThreadWorkspace<T>& ws = workspaces[static_cast<std::size_t>(current_thread())];
+    T* stats = ws.stats.data();
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -565,25 +507,24 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
       const index_t tile_index = item / plan.chunks;
       const index_t chunk = item % plan.chunks;
       const QueryTile tile = tile_at(p, plan, tile_index);
-      pack_queries(a.q1, p, tile, rows_pad, logit_factor, ws.q1.data());
-      if (a.diff) pack_queries(a.q2, p, tile, rows_pad, logit_factor, ws.q2.data());
+      pack_queries_transposed(a.q1, p, tile, rows_pad, logit_factor, ws.qt1.data());
+      if (a.diff) pack_queries_transposed(a.q2, p, tile, rows_pad, logit_factor, ws.qt2.data());
       if (plan.two_pass) {
         diff_two_pass_tile(a, tile, rows_pad, sz, ws);
         continue;
       }
-      const index_t key_end = p.key_limit(tile.last - 1);
-      FlashState<T> first{ws.m1.data(), ws.l1.data(), ws.acc1.data()};
-      FlashState<T> second{ws.m2.data(), ws.l2.data(), ws.acc2.data()};
+      FlashState<T> first{stats, stats + rows_pad, ws.acc1.data()};
+      FlashState<T> second{stats + 2 * rows_pad, stats + 3 * rows_pad, ws.acc2.data()};
       if (plan.split_keys) {
         first = chunk_state(tile_index, chunk, 0);
         if (a.diff) second = chunk_state(tile_index, chunk, 1);
       }
       flash_reset(first, rows_pad, sz.dv_pad);
       if (a.diff) flash_reset(second, rows_pad, sz.dv_pad);
+      const index_t key_end = p.key_limit(tile.last - 1);
       const index_t key_begin = chunk * plan.key_chunk;
-      const index_t chunk_end = std::min(key_end, key_begin + plan.key_chunk);
-      flash_stream(a, tile, rows_pad, sz, ws, key_begin, chunk_end, first,
-                   a.diff ? &second : nullptr);
+      flash_stream(a, tile, rows_pad, sz, ws, key_begin, std::min(key_end, key_begin + plan.key_chunk),
+                   first, a.diff ? &second : nullptr);
       if (!plan.split_keys) write_flash_output(a, tile, sz.dv_pad, first, a.diff ? &second : nullptr);
     }
     if (plan.split_keys) {
@@ -594,8 +535,8 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
         const QueryTile tile = tile_at(p, plan, tile_index);
         const index_t rows = p.group * tile.positions();
         FlashState<T> parts[FusedPlan::max_split_chunks];
-        FlashState<T> merged[2] = {{ws.m1.data(), ws.l1.data(), ws.acc1.data()},
-                                   {ws.m2.data(), ws.l2.data(), ws.acc2.data()}};
+        FlashState<T> merged[2] = {{stats, stats + rows_pad, ws.acc1.data()},
+                                   {stats + 2 * rows_pad, stats + 3 * rows_pad, ws.acc2.data()}};
         for (index_t map = 0; map < maps; ++map) {
           for (index_t c = 0; c < plan.chunks; ++c) parts[c] = chunk_state(tile_index, c, map);
           merge_chunk_states(parts, plan.chunks, rows, sz.dv_pad, merged[map]);
