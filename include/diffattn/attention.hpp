@@ -113,4 +113,11 @@ void diff_attention(detail::identity_t<TensorView<const T, 4>> q1,
   detail::run_diff_attention<T>("diff_attention", q1, q2, k1, k2, v, lambda, out, options);
 }
 
+/// Frees the scratch memory the kernels keep for the calling thread between calls (at
+/// most options.workspace_limit per element type); the next call allocates it again.
+inline void release_scratch() {
+  detail::scratch_cache<float>() = {};
+  detail::scratch_cache<double>() = {};
+}
+
 }  // namespace diffattn

@@ -466,6 +466,21 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   return plan;
 }
 
+/// The calling thread's scratch, kept between calls: allocating (and page-faulting) a
+/// fresh workspace on every call cost 10–30% of a differential call at N = 1024–2048.
+/// It only grows, up to options.workspace_limit; diffattn::release_scratch() frees it.
+template <class T>
+struct ScratchCache {
+  std::vector<ThreadWorkspace<T>> workspaces;
+  ScratchArray<T> chunk_storage;  // split keys: per (tile, chunk, map) states
+};
+
+template <class T>
+ScratchCache<T>& scratch_cache() {
+  thread_local ScratchCache<T> cache;
+  return cache;
+}
+
 /// Runs a validated call.
 template <class T>
 void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t workspace_limit) {
@@ -479,9 +494,13 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   const T logit_factor = static_cast<T>(p.scale * 1.4426950408889634074);
 
   // Everything is allocated here, before any thread starts.
-  std::vector<ThreadWorkspace<T>> workspaces(static_cast<std::size_t>(plan.threads));
-  for (auto& ws : workspaces) ws.reserve(p, sz, rows_pad, score_keys, a.diff);
-  ScratchArray<T> chunk_storage;  // split keys: per (tile, chunk, map) states
+  ScratchCache<T>& cache = scratch_cache<T>();
+  std::vector<ThreadWorkspace<T>>& workspaces = cache.workspaces;
+  if (workspaces.size() < static_cast<std::size_t>(plan.threads)) {
+    workspaces.resize(static_cast<std::size_t>(plan.threads));
+  }
+  for (int t = 0; t < plan.threads; ++t) workspaces[t].reserve(p, sz, rows_pad, score_keys, a.diff);
+  ScratchArray<T>& chunk_storage = cache.chunk_storage;
   const index_t state_size = rows_pad * (sz.dv_pad + 2);
   if (plan.split_keys) chunk_storage.reserve(plan.tiles * plan.chunks * maps * state_size);
   auto chunk_state = [&](index_t tile, index_t chunk, index_t map) {

@@ -43,6 +43,18 @@ struct micro_blocking {
   static constexpr index_t row_align = lanes > value_rows ? lanes : value_rows;
 };
 
+/// Keeps a loaded batch in a register. Without it GCC folds the load into each FMA that
+/// uses it (MR loads instead of one), which makes the kernels load-bound: measured
+/// 154 → 205 GFLOP/s for the 4×4 value block on AVX-512.
+template <class B>
+inline void keep_in_register(B& batch) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(DIFFATTN_NO_SIMD)
+  asm volatile("" : "+x"(batch.data));
+#else
+  (void)batch;
+#endif
+}
+
 /// st[m][r] = Σ_c k[m][c]·qt[c][r] for m < MR keys and r < NR·lanes rows.
 template <class T, int MR, int NR>
 inline void score_block(const T* k, index_t k_stride, const T* qt, index_t qt_stride,
@@ -54,7 +66,10 @@ inline void score_block(const T* k, index_t k_stride, const T* qt, index_t qt_st
     for (int n = 0; n < NR; ++n) acc[m][n] = B(T(0));
   for (index_t c = 0; c < depth; ++c) {
     B rows[NR];
-    for (int n = 0; n < NR; ++n) rows[n] = B::load_unaligned(qt + c * qt_stride + n * lanes);
+    for (int n = 0; n < NR; ++n) {
+      rows[n] = B::load_unaligned(qt + c * qt_stride + n * lanes);
+      keep_in_register(rows[n]);
+    }
     for (int m = 0; m < MR; ++m) {
       const B key(k[m * k_stride + c]);
       for (int n = 0; n < NR; ++n) acc[m][n] = simd_fma(key, rows[n], acc[m][n]);
@@ -106,7 +121,10 @@ inline void value_block(const T* pt, index_t pt_stride, const T* v, index_t v_st
     for (int n = 0; n < NV; ++n) acc[m][n] = B::load_unaligned(o + m * o_stride + n * lanes);
   for (index_t j = 0; j < keys; ++j) {
     B values[NV];
-    for (int n = 0; n < NV; ++n) values[n] = B::load_unaligned(v + j * v_stride + n * lanes);
+    for (int n = 0; n < NV; ++n) {
+      values[n] = B::load_unaligned(v + j * v_stride + n * lanes);
+      keep_in_register(values[n]);
+    }
     for (int m = 0; m < MR; ++m) {
       const B weight(pt[j * pt_stride + m]);
       for (int n = 0; n < NV; ++n) acc[m][n] = simd_fma(weight, values[n], acc[m][n]);

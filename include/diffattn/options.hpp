@@ -24,7 +24,8 @@ struct AttentionOptions {
   /// Cap on the scratch memory of one call, all threads together (bytes). Differential
   /// attention's two-pass method needs rows × Nk per thread; when even one tile's does
   /// not fit, it streams instead (1.5× the FLOPs, O(tile) memory). The standard kernel
-  /// needs O(threads × tile) only and stays far below the default.
+  /// needs O(threads × tile) only and stays far below the default. The calling thread
+  /// keeps its scratch for later calls; diffattn::release_scratch() frees it.
   std::size_t workspace_limit = std::size_t{64} << 20;
 };
 

@@ -62,8 +62,10 @@ struct AllocationCount {
   std::size_t total, largest;
 };
 
+/// Counts what `call` allocates, starting from no cached scratch.
 template <class F>
 AllocationCount count_allocations(F&& call) {
+  diffattn::release_scratch();
   counted_bytes = 0;
   largest_allocation = 0;
   counting = true;
@@ -138,6 +140,19 @@ TEST_F(LongSequence, DiffStreamingWhenTheLimitIsTiny) {
       [&] { diffattn::diff_attention<float>(q1, q2, k, k, v, lambda, out, options); });
   EXPECT_LE(count.total, options.workspace_limit);
   expect_matches_reference(out, true);
+}
+
+TEST_F(LongSequence, ScratchIsReusedUntilReleased) {
+  Tensor<float, 4> out({1, 1, q_len, value_dim});
+  auto call = [&] { diffattn::diff_attention<float>(q1, q2, k, k, v, lambda, out); };
+  const auto first = count_allocations(call);  // starts from released scratch
+  EXPECT_GT(first.total, 0u);
+  counted_bytes = 0;
+  counting = true;
+  call();
+  counting = false;
+  // Only the per-call list of thread workspaces, no scratch arrays.
+  EXPECT_LT(counted_bytes.load(), std::size_t{4096});
 }
 
 }  // namespace
