@@ -95,32 +95,47 @@ TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
     for (auto& e : v) e = static_cast<T>(dist(rng));
     return v;
   };
-  const index_t rows = blocking::qk_rows * blocking::pv_rows;  // a multiple of both
-  for (index_t depth : {1, 3, 16, 31}) {
-    for (index_t cols = lanes; cols <= 5 * lanes; cols += lanes) {
-      SCOPED_TRACE(::testing::Message() << "depth=" << depth << " cols=" << cols);
-      const auto q = random_vector(rows * depth);
-      const auto kt = random_vector(depth * cols);
-      std::vector<T> s(static_cast<std::size_t>(rows * cols));
-      diffattn::detail::qk_tile(q.data(), depth, rows, kt.data(), cols, cols, depth, s.data(), cols);
-      for (index_t r = 0; r < rows; ++r) {
-        for (index_t j = 0; j < cols; ++j) {
-          double expected = 0;
-          for (index_t c = 0; c < depth; ++c) expected += double(q[r * depth + c]) * double(kt[c * cols + j]);
-          // depth products of |x| <= 1, accumulated in T: depth roundings.
-          EXPECT_NEAR(s[r * cols + j], expected, tolerance<T>(double(depth) + 1, double(depth)));
+  // Keys: every tail of the key blocking; rows and widths: every tail of the vector
+  // blocking (in whole batches, as the kernels require); strides wider than the data.
+  for (index_t keys : {1, 2, 5, 7, 13, 64}) {
+    for (index_t rows = blocking::row_align; rows <= 5 * blocking::row_align; rows += blocking::row_align) {
+      for (index_t depth : {1, 3, 31}) {
+        SCOPED_TRACE(::testing::Message() << "keys=" << keys << " rows=" << rows << " depth=" << depth);
+        const index_t k_stride = depth + 2, st_stride = rows + lanes;
+        const auto k = random_vector(keys * k_stride);
+        const auto qt = random_vector(depth * rows);
+        std::vector<T> st(static_cast<std::size_t>(keys * st_stride), T(7));
+        diffattn::detail::score_tile(k.data(), k_stride, keys, qt.data(), rows, rows, depth,
+                                     st.data(), st_stride);
+        for (index_t j = 0; j < keys; ++j) {
+          for (index_t r = 0; r < st_stride; ++r) {
+            if (r >= rows) {  // columns past `rows` are never written
+              EXPECT_EQ(st[j * st_stride + r], T(7));
+              continue;
+            }
+            double expected = 0;
+            for (index_t c = 0; c < depth; ++c) expected += double(k[j * k_stride + c]) * double(qt[c * rows + r]);
+            // depth products of |x| <= 1 accumulated in T: depth roundings.
+            EXPECT_NEAR(st[j * st_stride + r], expected, tolerance<T>(double(depth) + 1, double(depth)));
+          }
         }
-      }
-      // O += P·V with keys = depth, width = cols.
-      const auto v = random_vector(depth * cols);
-      std::vector<T> o = random_vector(rows * cols);
-      const std::vector<T> o_before = o;
-      diffattn::detail::pv_accumulate(q.data(), depth, rows, depth, v.data(), cols, cols, o.data(), cols);
-      for (index_t r = 0; r < rows; ++r) {
-        for (index_t d = 0; d < cols; ++d) {
-          double expected = o_before[r * cols + d];
-          for (index_t j = 0; j < depth; ++j) expected += double(q[r * depth + j]) * double(v[j * cols + d]);
-          EXPECT_NEAR(o[r * cols + d], expected, tolerance<T>(double(depth) + 2, double(depth) + 1));
+        // O [rows, width] += Pᵀᵀ·V with P = st, width = depth batches.
+        const index_t width = depth * lanes, v_stride = width + 3;
+        const auto v = random_vector(keys * v_stride);
+        std::vector<T> o = random_vector(rows * width);
+        const std::vector<T> o_before = o;
+        diffattn::detail::value_tile(st.data(), st_stride, rows, keys, v.data(), v_stride, width,
+                                     o.data(), width);
+        for (index_t r = 0; r < rows; ++r) {
+          for (index_t d = 0; d < width; ++d) {
+            double expected = o_before[r * width + d];
+            double magnitude = std::abs(expected);
+            for (index_t j = 0; j < keys; ++j) {
+              expected += double(st[j * st_stride + r]) * double(v[j * v_stride + d]);
+              magnitude += std::abs(double(st[j * st_stride + r]));
+            }
+            EXPECT_NEAR(o[r * width + d], expected, tolerance<T>(double(keys) + 2, magnitude));
+          }
         }
       }
     }
