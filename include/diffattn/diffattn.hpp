@@ -15,3 +15,4 @@
 #include "diffattn/workspace.hpp"
 #include "diffattn/fused.hpp"
 #include "diffattn/attention.hpp"
+#include "diffattn/safetensors.hpp"

@@ -1,0 +1,709 @@
+#pragma once
+/// Reading and writing .safetensors checkpoints (the format of Hugging Face's
+/// `safetensors` library, which PyTorch and JAX checkpoints are published in).
+///
+/// Layout of a file: an 8-byte little-endian u64 N, then N bytes of UTF-8 JSON
+///   {"<name>": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...,
+///    "__metadata__": {"<key>": "<value>", ...}}
+/// then the data buffer. Offsets are relative to the start of the data buffer, tensors
+/// are row-major and little-endian, and together they cover the buffer exactly (no
+/// overlaps, no holes), as the format's reference implementation requires.
+///
+/// Errors: every malformed input throws diffattn::safetensors_error naming the source
+/// (file path or the name given to parse()), the tensor and what is wrong. Parsing
+/// validates the whole header up front, so tensor() never reads outside the buffer.
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "diffattn/errors.hpp"
+#include "diffattn/tensor.hpp"
+
+namespace diffattn {
+
+/// Thrown for a malformed or unreadable .safetensors file, or a request (name, rank,
+/// shape, dtype) the file cannot satisfy. The message names the source and the tensor.
+class safetensors_error : public std::runtime_error {
+ public:
+  using runtime_error::runtime_error;
+};
+
+/// Element types of the safetensors format that diffattn knows. Only the floating
+/// types convert to float/double tensors; the others can be listed and inspected.
+enum class DType { f64, f32, f16, bf16, i64, i32, i16, i8, u8, boolean };
+
+/// The format's spelling of a dtype: "F64", "F32", "F16", "BF16", "I64", ..., "BOOL".
+constexpr std::string_view dtype_name(DType dtype) noexcept {
+  switch (dtype) {
+    case DType::f64: return "F64";
+    case DType::f32: return "F32";
+    case DType::f16: return "F16";
+    case DType::bf16: return "BF16";
+    case DType::i64: return "I64";
+    case DType::i32: return "I32";
+    case DType::i16: return "I16";
+    case DType::i8: return "I8";
+    case DType::u8: return "U8";
+    case DType::boolean: return "BOOL";
+  }
+  return "?";
+}
+
+/// Bytes per element of a dtype.
+constexpr std::size_t dtype_size(DType dtype) noexcept {
+  switch (dtype) {
+    case DType::f64:
+    case DType::i64: return 8;
+    case DType::f32:
+    case DType::i32: return 4;
+    case DType::f16:
+    case DType::bf16:
+    case DType::i16: return 2;
+    case DType::i8:
+    case DType::u8:
+    case DType::boolean: return 1;
+  }
+  return 0;
+}
+
+namespace detail {
+
+// Numbers are assembled from bytes with shifts rather than memcpy'd, so the file's
+// little-endian layout is read and written correctly on a big-endian host too. The
+// float <-> integer bit copies assume floats share the integers' byte order, which holds
+// on every platform with IEEE-754 floats that C++ compilers target.
+static_assert(std::numeric_limits<float>::is_iec559 && std::numeric_limits<double>::is_iec559,
+              "safetensors conversion assumes IEEE-754 float and double");
+
+template <class U>
+U load_le(const std::uint8_t* bytes) noexcept {
+  U value = 0;
+  for (std::size_t i = sizeof(U); i-- > 0;) value = static_cast<U>((value << 8) | bytes[i]);
+  return value;
+}
+
+template <class U>
+void store_le(U value, std::uint8_t* bytes) noexcept {
+  for (std::size_t i = 0; i < sizeof(U); ++i) {
+    bytes[i] = static_cast<std::uint8_t>(value & 0xFFu);
+    value = static_cast<U>(value >> 8);
+  }
+}
+
+inline float float_from_bits(std::uint32_t bits) noexcept {
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+inline double double_from_bits(std::uint64_t bits) noexcept {
+  double value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+/// IEEE binary16 to float, exactly: every half (subnormals, ±0, ±inf, NaN payloads) is
+/// representable in float.
+inline float half_to_float(std::uint16_t half) noexcept {
+  const std::uint32_t sign = static_cast<std::uint32_t>(half & 0x8000u) << 16;
+  const std::uint32_t exponent = (half >> 10) & 0x1Fu;
+  const std::uint32_t mantissa = half & 0x3FFu;
+  if (exponent == 0x1F) {  // inf (mantissa 0) or NaN, payload kept in the top bits
+    return float_from_bits(sign | 0x7F800000u | (mantissa << 13));
+  }
+  if (exponent == 0) {
+    // ±0 and subnormals: mantissa · 2^-24, exact since mantissa < 2^10.
+    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+    return sign != 0 ? -magnitude : magnitude;
+  }
+  return float_from_bits(sign | ((exponent + (127 - 15)) << 23) | (mantissa << 13));
+}
+
+/// bfloat16 is the top half of a float, so widening is a shift (NaNs stay NaN).
+inline float bfloat16_to_float(std::uint16_t bits) noexcept {
+  return float_from_bits(static_cast<std::uint32_t>(bits) << 16);
+}
+
+inline bool parse_dtype(std::string_view name, DType& dtype) noexcept {
+  for (DType candidate : {DType::f64, DType::f32, DType::f16, DType::bf16, DType::i64, DType::i32,
+                          DType::i16, DType::i8, DType::u8, DType::boolean}) {
+    if (dtype_name(candidate) == name) {
+      dtype = candidate;
+      return true;
+    }
+  }
+  return false;
+}
+
+inline std::string format_shape(const std::vector<index_t>& shape) {
+  std::string text = "[";
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (d > 0) text += ", ";
+    text += std::to_string(shape[d]);
+  }
+  return text + "]";
+}
+
+/// The header's JSON text for an error message: short, and valid UTF-8 even if cut.
+inline std::string quote_for_message(const std::string& text) {
+  constexpr std::size_t max_length = 80;
+  std::string shown = text.substr(0, max_length);
+  // Never end inside a multi-byte UTF-8 sequence.
+  if (shown.size() < text.size()) {
+    while (!shown.empty() && (static_cast<unsigned char>(shown.back()) & 0xC0u) == 0x80u) {
+      shown.pop_back();
+    }
+    if (!shown.empty() && (static_cast<unsigned char>(shown.back()) & 0x80u) != 0) shown.pop_back();
+    shown += "...";
+  }
+  return "'" + shown + "'";
+}
+
+/// True if `text` survives nlohmann's dump(), i.e. is valid UTF-8.
+inline bool is_valid_utf8(const std::string& text) {
+  try {
+    (void)nlohmann::json(text).dump();
+    return true;
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+}
+
+struct SafeTensorEntry {
+  DType dtype = DType::f32;
+  std::vector<index_t> shape;
+  index_t element_count = 0;
+  std::uint64_t begin = 0;  // offsets into the data buffer
+  std::uint64_t end = 0;
+};
+
+}  // namespace detail
+
+/// A parsed .safetensors file held in memory. Tensors are converted on request.
+class SafeTensors {
+ public:
+  /// The largest header accepted, as in the format's reference implementation: a JSON
+  /// header this big already describes millions of tensors.
+  static constexpr std::uint64_t max_header_size = 100'000'000;
+
+  /// Reads and parses the whole file at `path`.
+  static SafeTensors load(const std::string& path) {
+    std::ifstream file(path, std::ios::binary);
+    if (!file) {
+      const int error = errno;
+      throw safetensors_error(detail::concat("safetensors: ", path, ": cannot open file",
+                                             error != 0 ? ": " : "",
+                                             error != 0 ? std::strerror(error) : ""));
+    }
+    std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(file)),
+                                    std::istreambuf_iterator<char>());
+    if (file.bad()) {
+      throw safetensors_error(detail::concat("safetensors: ", path, ": read error"));
+    }
+    return parse(std::move(bytes), path);
+  }
+
+  /// Parses a whole file held in `bytes`; `source_name` stands for it in error messages.
+  static SafeTensors parse(std::vector<std::uint8_t> bytes, std::string source_name = "<memory>") {
+    SafeTensors result;
+    result.source_ = std::move(source_name);
+    result.bytes_ = std::move(bytes);
+    result.parse_header();
+    return result;
+  }
+
+  /// True if the file has a tensor called `name`.
+  bool contains(const std::string& name) const { return entries_.count(name) != 0; }
+
+  /// Every tensor name, sorted.
+  std::vector<std::string> names() const {
+    std::vector<std::string> result;
+    result.reserve(entries_.size());
+    for (const auto& entry : entries_) result.push_back(entry.first);
+    return result;
+  }
+
+  /// The shape of tensor `name` (empty for a scalar).
+  std::vector<index_t> shape(const std::string& name) const { return entry(name).shape; }
+
+  /// The stored element type of tensor `name`.
+  DType dtype(const std::string& name) const { return entry(name).dtype; }
+
+  /// The file's "__metadata__" string map (empty if it has none).
+  const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+
+  /// Converts F32/F16/BF16 (and F64) to T; throws if rank differs.
+  /// F16, BF16 and F32 convert exactly; F64 to float rounds to nearest.
+  template <class T, std::size_t Rank>
+  Tensor<T, Rank> tensor(const std::string& name) const {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                  "SafeTensors::tensor converts to float or double");
+    const detail::SafeTensorEntry& found = entry(name);
+    if (found.shape.size() != Rank) {
+      fail(name, "has rank ", found.shape.size(), " (shape ", detail::format_shape(found.shape),
+           "), requested rank ", Rank);
+    }
+    check_float_dtype(name, found);
+    std::array<index_t, Rank> shape{};
+    std::copy(found.shape.begin(), found.shape.end(), shape.begin());
+    Tensor<T, Rank> result(shape);
+    convert(found, result.data());
+    return result;
+  }
+
+  /// Same, and throws unless the shape is exactly `expected`.
+  template <class T, std::size_t Rank>
+  Tensor<T, Rank> tensor(const std::string& name, const std::array<index_t, Rank>& expected) const {
+    const detail::SafeTensorEntry& found = entry(name);
+    const std::vector<index_t> wanted(expected.begin(), expected.end());
+    if (found.shape != wanted) {
+      fail(name, "has shape ", detail::format_shape(found.shape), ", expected ",
+           detail::format_shape(wanted));
+    }
+    return tensor<T, Rank>(name);
+  }
+
+ private:
+  SafeTensors() = default;
+
+  template <class... Parts>
+  [[noreturn]] void fail_file(const Parts&... parts) const {
+    throw safetensors_error(detail::concat("safetensors: ", source_, ": ", parts...));
+  }
+
+  template <class... Parts>
+  [[noreturn]] void fail(const std::string& name, const Parts&... parts) const {
+    fail_file("tensor ", detail::quote_for_message(name), " ", parts...);
+  }
+
+  const detail::SafeTensorEntry& entry(const std::string& name) const {
+    const auto found = entries_.find(name);
+    if (found == entries_.end()) fail_missing(name);
+    return found->second;
+  }
+
+  // Lists the names closest to the one asked for (longest common prefix first), which
+  // is usually a typo in a layer index or a missing "model." prefix.
+  [[noreturn]] void fail_missing(const std::string& name) const {
+    if (entries_.empty()) fail(name, "not found: the file has no tensors");
+    std::vector<std::pair<std::size_t, const std::string*>> ranked;
+    for (const auto& candidate : entries_) {
+      const std::string& other = candidate.first;
+      const auto limit = std::min(other.size(), name.size());
+      std::size_t common = 0;
+      while (common < limit && other[common] == name[common]) ++common;
+      ranked.emplace_back(common, &other);
+    }
+    std::stable_sort(ranked.begin(), ranked.end(),
+                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    constexpr std::size_t shown = 5;
+    std::string list;
+    for (std::size_t i = 0; i < std::min(shown, ranked.size()); ++i) {
+      if (i > 0) list += ", ";
+      list += detail::quote_for_message(*ranked[i].second);
+    }
+    if (ranked.size() > shown) list += detail::concat(", ... (", ranked.size(), " in all)");
+    fail(name, "not found; the file has ", list);
+  }
+
+  void check_float_dtype(const std::string& name, const detail::SafeTensorEntry& found) const {
+    switch (found.dtype) {
+      case DType::f64:
+      case DType::f32:
+      case DType::f16:
+      case DType::bf16: return;
+      default:
+        fail(name, "has dtype ", dtype_name(found.dtype),
+             ", which does not convert to a floating-point tensor (F64, F32, F16 or BF16 do)");
+    }
+  }
+
+  const std::uint8_t* tensor_bytes(const detail::SafeTensorEntry& found) const noexcept {
+    return bytes_.data() + data_start_ + found.begin;
+  }
+
+  template <class T>
+  void convert(const detail::SafeTensorEntry& found, T* out) const noexcept {
+    const std::uint8_t* in = tensor_bytes(found);
+    const index_t count = found.element_count;
+    switch (found.dtype) {
+      case DType::f64:
+        for (index_t i = 0; i < count; ++i) {
+          out[i] = static_cast<T>(detail::double_from_bits(detail::load_le<std::uint64_t>(in + 8 * i)));
+        }
+        break;
+      case DType::f32:
+        for (index_t i = 0; i < count; ++i) {
+          out[i] = static_cast<T>(detail::float_from_bits(detail::load_le<std::uint32_t>(in + 4 * i)));
+        }
+        break;
+      case DType::f16:
+        for (index_t i = 0; i < count; ++i) {
+          out[i] = static_cast<T>(detail::half_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
+        }
+        break;
+      case DType::bf16:
+        for (index_t i = 0; i < count; ++i) {
+          out[i] = static_cast<T>(detail::bfloat16_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
+        }
+        break;
+      default: break;  // rejected by check_float_dtype
+    }
+  }
+
+  void parse_header() {
+    constexpr std::size_t length_size = 8;
+    if (bytes_.size() < length_size) {
+      fail_file("file is ", bytes_.size(),
+                " bytes, too short for the 8-byte header length that starts the format");
+    }
+    const std::uint64_t header_size = detail::load_le<std::uint64_t>(bytes_.data());
+    const std::uint64_t available = bytes_.size() - length_size;
+    if (header_size > max_header_size) {
+      fail_file("header length ", header_size, " is larger than the ", max_header_size,
+                "-byte limit (is this a .safetensors file?)");
+    }
+    if (header_size > available) {
+      fail_file("header length ", header_size, " runs past the end of the file (", available,
+                " bytes follow the length)");
+    }
+    data_start_ = length_size + static_cast<std::size_t>(header_size);
+    const std::uint64_t data_size = bytes_.size() - data_start_;
+
+    const nlohmann::json header = parse_json(bytes_.data() + length_size,
+                                             bytes_.data() + data_start_);
+    if (!header.is_object()) {
+      fail_file("header is a JSON ", header.type_name(), ", expected an object");
+    }
+
+    std::vector<std::pair<const std::string*, const detail::SafeTensorEntry*>> by_offset;
+    for (const auto& item : header.items()) {
+      const std::string& name = item.key();
+      if (name == "__metadata__") {
+        read_metadata(item.value());
+        continue;
+      }
+      auto inserted = entries_.emplace(name, read_entry(name, item.value(), data_size));
+      by_offset.emplace_back(&inserted.first->first, &inserted.first->second);
+    }
+
+    // The reference implementation requires the tensors to tile the buffer exactly, so
+    // that no bytes hide between or after them; overlaps would alias two tensors.
+    std::sort(by_offset.begin(), by_offset.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.second->begin, a.second->end) < std::tie(b.second->begin, b.second->end);
+    });
+    std::uint64_t covered = 0;
+    const std::string* previous = nullptr;
+    for (const auto& [name, found] : by_offset) {
+      if (found->begin < covered) {
+        fail(*name, "at bytes [", found->begin, ", ", found->end, ") overlap tensor ",
+             detail::quote_for_message(*previous), " which ends at ", covered);
+      }
+      if (found->begin > covered) {
+        fail(*name, "starts at byte ", found->begin, " of the data buffer, leaving bytes [",
+             covered, ", ", found->begin, ") unused",
+             previous != nullptr ? detail::concat(" after tensor ", detail::quote_for_message(*previous))
+                                 : std::string(" at its start"),
+             "; the format requires tensors to cover the buffer with no gaps");
+      }
+      covered = found->end;
+      previous = name;
+    }
+    if (covered != data_size) {
+      fail_file("data buffer is ", data_size, " bytes but its tensors cover only ", covered,
+                previous != nullptr
+                    ? detail::concat(" (the last, ", detail::quote_for_message(*previous), ", ends there)")
+                    : std::string(" (the header lists no tensors)"),
+                "; the format forbids trailing bytes");
+    }
+  }
+
+  // nlohmann keeps one value of a duplicated key without a word, so a parser callback
+  // watches every object's keys as they are read.
+  nlohmann::json parse_json(const std::uint8_t* first, const std::uint8_t* last) const {
+    std::vector<std::set<std::string>> keys_per_object;
+    std::string top_level_key;
+    std::string duplicate;
+    std::string duplicate_parent;
+    auto watch_keys = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+      using event_t = nlohmann::json::parse_event_t;
+      if (event == event_t::object_start) {
+        keys_per_object.emplace_back();
+      } else if (event == event_t::object_end) {
+        if (!keys_per_object.empty()) keys_per_object.pop_back();
+      } else if (event == event_t::key && !keys_per_object.empty() && parsed.is_string()) {
+        const std::string& key = parsed.get_ref<const std::string&>();
+        if (!keys_per_object.back().insert(key).second && duplicate.empty()) {
+          duplicate = key;
+          duplicate_parent = depth == 1 ? std::string() : top_level_key;
+        }
+        // Depth 1 is a key of the top-level object: a tensor name or "__metadata__".
+        if (depth == 1) top_level_key = key;
+      }
+      return true;
+    };
+    nlohmann::json header;
+    try {
+      header = nlohmann::json::parse(first, last, watch_keys);
+    } catch (const nlohmann::json::exception& error) {
+      fail_file("header is not valid JSON: ", error.what());
+    }
+    if (!duplicate.empty()) {
+      if (duplicate_parent.empty()) {
+        fail_file("the header lists tensor ", detail::quote_for_message(duplicate),
+                  " more than once");
+      }
+      fail_file("the header entry of ", detail::quote_for_message(duplicate_parent),
+                " has the key ", detail::quote_for_message(duplicate), " more than once");
+    }
+    return header;
+  }
+
+  void read_metadata(const nlohmann::json& value) {
+    if (!value.is_object()) {
+      fail_file("\"__metadata__\" is a JSON ", value.type_name(), ", expected an object of strings");
+    }
+    for (const auto& item : value.items()) {
+      if (!item.value().is_string()) {
+        fail_file("\"__metadata__\" key ", detail::quote_for_message(item.key()), " is a JSON ",
+                  item.value().type_name(), ", expected a string");
+      }
+      metadata_.emplace(item.key(), item.value().get<std::string>());
+    }
+  }
+
+  detail::SafeTensorEntry read_entry(const std::string& name, const nlohmann::json& value,
+                                     std::uint64_t data_size) const {
+    if (!value.is_object()) {
+      fail(name, "has a header entry of JSON type ", value.type_name(),
+           ", expected an object with dtype, shape and data_offsets");
+    }
+    detail::SafeTensorEntry result;
+
+    const auto dtype = value.find("dtype");
+    if (dtype == value.end()) fail(name, "has no \"dtype\"");
+    if (!dtype->is_string()) fail(name, "has a \"dtype\" of JSON type ", dtype->type_name(), ", expected a string");
+    if (!detail::parse_dtype(dtype->get_ref<const std::string&>(), result.dtype)) {
+      fail(name, "has unknown dtype ", detail::quote_for_message(dtype->get<std::string>()),
+           " (known: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
+    }
+
+    const auto shape = value.find("shape");
+    if (shape == value.end()) fail(name, "has no \"shape\"");
+    if (!shape->is_array()) fail(name, "has a \"shape\" of JSON type ", shape->type_name(), ", expected an array");
+    // The count is a product of extents that each fit index_t; any zero extent makes it
+    // zero, otherwise it must not overflow. It is bounded by the buffer size below.
+    bool any_zero = false;
+    std::uint64_t count = 1;
+    bool overflow = false;
+    for (std::size_t d = 0; d < shape->size(); ++d) {
+      const nlohmann::json& extent = (*shape)[d];
+      if (!extent.is_number_unsigned()) {
+        fail(name, "has \"shape\" entry ", d, " = ", detail::quote_for_message(extent.dump()),
+             ", expected a non-negative integer");
+      }
+      const std::uint64_t e = extent.get<std::uint64_t>();
+      if (e > static_cast<std::uint64_t>(std::numeric_limits<index_t>::max())) {
+        fail(name, "has \"shape\" entry ", d, " = ", e, ", too large for an index");
+      }
+      result.shape.push_back(static_cast<index_t>(e));
+      if (e == 0) any_zero = true;
+      if (!overflow && e != 0 && count > std::numeric_limits<std::uint64_t>::max() / e) overflow = true;
+      if (!overflow) count *= e;
+    }
+    if (any_zero) {
+      count = 0;
+      overflow = false;
+    }
+    const std::uint64_t element_size = dtype_size(result.dtype);
+    if (overflow || count > std::numeric_limits<std::uint64_t>::max() / element_size) {
+      fail(name, "shape ", detail::format_shape(result.shape), " has more elements than fit in memory");
+    }
+    const std::uint64_t byte_count = count * element_size;
+
+    const auto offsets = value.find("data_offsets");
+    if (offsets == value.end()) fail(name, "has no \"data_offsets\"");
+    if (!offsets->is_array() || offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
+        !(*offsets)[1].is_number_unsigned()) {
+      fail(name, "has \"data_offsets\" ", detail::quote_for_message(offsets->dump()),
+           ", expected [begin, end] with non-negative integers");
+    }
+    result.begin = (*offsets)[0].get<std::uint64_t>();
+    result.end = (*offsets)[1].get<std::uint64_t>();
+    if (result.begin > result.end) {
+      fail(name, "has \"data_offsets\" [", result.begin, ", ", result.end, "] with begin > end");
+    }
+    if (result.end > data_size) {
+      fail(name, "has \"data_offsets\" [", result.begin, ", ", result.end,
+           "] past the end of the ", data_size, "-byte data buffer");
+    }
+    if (result.end - result.begin != byte_count) {
+      fail(name, "has \"data_offsets\" [", result.begin, ", ", result.end, "] spanning ",
+           result.end - result.begin, " bytes, but shape ", detail::format_shape(result.shape),
+           " of ", dtype_name(result.dtype), " needs ", count, " x ", element_size, " = ",
+           byte_count);
+    }
+    // count <= data_size, so it fits index_t.
+    result.element_count = static_cast<index_t>(count);
+    return result;
+  }
+
+  std::string source_;
+  std::vector<std::uint8_t> bytes_;
+  std::size_t data_start_ = 0;
+  std::map<std::string, detail::SafeTensorEntry> entries_;
+  std::map<std::string, std::string> metadata_;
+};
+
+/// Builds a .safetensors file: add tensors (copied at once, so views may be released),
+/// set metadata, then bytes() or save(). Tensors are written in name order.
+class SafeTensorsWriter {
+ public:
+  /// Copies `tensor` as F32 (T = float) or F64 (T = double). Any strides; the file
+  /// stores it row-major. Throws safetensors_error for a duplicate, reserved or
+  /// non-UTF-8 name.
+  template <class T, std::size_t Rank>
+  void add(const std::string& name, TensorView<const T, Rank> tensor) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                  "SafeTensorsWriter::add writes float (F32) or double (F64) tensors");
+    check_name(name);
+    Stored stored;
+    stored.dtype = std::is_same_v<T, float> ? DType::f32 : DType::f64;
+    stored.shape.assign(tensor.shape().begin(), tensor.shape().end());
+    stored.data.resize(static_cast<std::size_t>(tensor.size()) * sizeof(T));
+    std::uint8_t* out = stored.data.data();
+    std::array<index_t, Rank> index{};
+    for (index_t i = 0; i < tensor.size(); ++i) {
+      index_t offset = 0;
+      for (std::size_t d = 0; d < Rank; ++d) offset += index[d] * tensor.stride(d);
+      store_element(tensor.data()[offset], out + static_cast<std::size_t>(i) * sizeof(T));
+      // Row-major odometer over the view's indices.
+      for (std::size_t d = Rank; d-- > 0;) {
+        if (++index[d] < tensor.extent(d)) break;
+        index[d] = 0;
+      }
+    }
+    tensors_.emplace(name, std::move(stored));
+  }
+
+  /// Same, for a mutable view.
+  template <class T, std::size_t Rank, std::enable_if_t<!std::is_const_v<T>, int> = 0>
+  void add(const std::string& name, TensorView<T, Rank> tensor) {
+    add<T, Rank>(name, TensorView<const T, Rank>(tensor));
+  }
+
+  /// Same, for a whole tensor.
+  template <class T, std::size_t Rank>
+  void add(const std::string& name, const Tensor<T, Rank>& tensor) {
+    add<T, Rank>(name, tensor.view());
+  }
+
+  /// Sets (or replaces) a "__metadata__" entry.
+  void set_metadata(std::string key, std::string value) {
+    if (!detail::is_valid_utf8(key) || !detail::is_valid_utf8(value)) {
+      throw safetensors_error(detail::concat("safetensors: metadata key ",
+                                             detail::quote_for_message(key),
+                                             ": key or value is not valid UTF-8"));
+    }
+    metadata_[std::move(key)] = std::move(value);
+  }
+
+  /// The complete file. The header is padded with spaces to a multiple of 8 bytes, as
+  /// the reference implementation does, so the data buffer stays 8-byte aligned.
+  std::vector<std::uint8_t> bytes() const {
+    nlohmann::json header = nlohmann::json::object();
+    if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    std::uint64_t offset = 0;
+    for (const auto& [name, stored] : tensors_) {
+      const std::uint64_t end = offset + stored.data.size();
+      header[name] = {{"dtype", std::string(dtype_name(stored.dtype))},
+                      {"shape", stored.shape},
+                      {"data_offsets", {offset, end}}};
+      offset = end;
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+
+    std::vector<std::uint8_t> file(8 + text.size() + offset);
+    detail::store_le<std::uint64_t>(text.size(), file.data());
+    std::memcpy(file.data() + 8, text.data(), text.size());
+    std::uint8_t* data = file.data() + 8 + text.size();
+    for (const auto& entry : tensors_) {
+      const std::vector<std::uint8_t>& stored = entry.second.data;
+      if (!stored.empty()) std::memcpy(data, stored.data(), stored.size());
+      data += stored.size();
+    }
+    return file;
+  }
+
+  /// Writes bytes() to `path`, replacing the file.
+  void save(const std::string& path) const {
+    const std::vector<std::uint8_t> file = bytes();
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) {
+      const int error = errno;
+      throw safetensors_error(detail::concat("safetensors: ", path, ": cannot open for writing",
+                                             error != 0 ? ": " : "",
+                                             error != 0 ? std::strerror(error) : ""));
+    }
+    out.write(reinterpret_cast<const char*>(file.data()), static_cast<std::streamsize>(file.size()));
+    out.close();
+    if (!out) throw safetensors_error(detail::concat("safetensors: ", path, ": write failed"));
+  }
+
+ private:
+  struct Stored {
+    DType dtype = DType::f32;
+    std::vector<index_t> shape;
+    std::vector<std::uint8_t> data;  // little-endian elements, row-major
+  };
+
+  static void store_element(float value, std::uint8_t* out) noexcept {
+    std::uint32_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    detail::store_le(bits, out);
+  }
+  static void store_element(double value, std::uint8_t* out) noexcept {
+    std::uint64_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    detail::store_le(bits, out);
+  }
+
+  void check_name(const std::string& name) const {
+    if (name == "__metadata__") {
+      throw safetensors_error("safetensors: '__metadata__' is reserved and cannot name a tensor");
+    }
+    if (!detail::is_valid_utf8(name)) {
+      throw safetensors_error(detail::concat("safetensors: tensor ", detail::quote_for_message(name),
+                                             ": name is not valid UTF-8"));
+    }
+    if (tensors_.count(name) != 0) {
+      throw safetensors_error(detail::concat("safetensors: tensor ", detail::quote_for_message(name),
+                                             " added twice"));
+    }
+  }
+
+  std::map<std::string, Stored> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace diffattn
