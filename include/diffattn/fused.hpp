@@ -288,6 +288,9 @@ void flash_stream(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad
                   const FusedSizes<T>& sz, ThreadWorkspace<T>& ws, index_t key_begin,
                   index_t key_end, FlashState<T> first_state, const FlashState<T>* second_state) {
   T* rescale = ws.stats.data() + 5 * rows_pad;
+  // P·V only for blocks that hold real rows: a decoding tile has a few rows in a
+  // rows_pad of a whole batch.
+  const index_t value_rows_used = round_up(a.problem.group * tile.positions(), micro_blocking<T>::value_rows);
   for (index_t j0 = key_begin; j0 < key_end; j0 += FusedPlan::key_tile) {
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
     score_keys(a, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, ws.st1.data());
@@ -298,10 +301,10 @@ void flash_stream(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad
     }
     index_t v_stride = 0;
     const T* v = value_rows(a, sz, tile, j0, count, ws.values.data(), v_stride);
-    value_tile(ws.st1.data(), rows_pad, rows_pad, count, v, v_stride, sz.dv_pad,
+    value_tile(ws.st1.data(), rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad,
                first_state.acc, sz.dv_pad);
     if (second_state != nullptr) {
-      value_tile(ws.st2.data(), rows_pad, rows_pad, count, v, v_stride, sz.dv_pad,
+      value_tile(ws.st2.data(), rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad,
                  second_state->acc, sz.dv_pad);
     }
   }
@@ -410,7 +413,7 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const QueryTile& tile, index_t ro
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
     index_t v_stride = 0;
     const T* v = value_rows(a, sz, tile, j0, count, ws.values.data(), v_stride);
-    value_tile(st1 + j0 * rows_pad, rows_pad, rows_pad, count, v, v_stride, sz.dv_pad,
+    value_tile(st1 + j0 * rows_pad, rows_pad, round_up(rows, micro_blocking<T>::value_rows), count, v, v_stride, sz.dv_pad,
                ws.acc1.data(), sz.dv_pad);
   }
   for (index_t r = 0; r < rows; ++r) {
