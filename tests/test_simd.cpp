@@ -142,5 +142,36 @@ TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
   }
 }
 
+TYPED_TEST(SimdTest, DotScoreKernelMatchesPlainLoops) {
+  using T = TypeParam;
+  constexpr index_t lanes = diffattn::detail::micro_blocking<T>::lanes;
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> dist(-1, 1);
+  for (index_t rows = 1; rows <= 7; ++rows) {
+    for (index_t depth : {lanes, lanes + 1, 3 * lanes - 1, 4 * lanes}) {
+      for (index_t keys : {1, 3, 4, 9}) {
+        SCOPED_TRACE(::testing::Message() << "rows=" << rows << " depth=" << depth << " keys=" << keys);
+        const index_t k_stride = depth + 3, st_stride = rows + 2;
+        std::vector<T> k(static_cast<std::size_t>(keys * k_stride)), q(static_cast<std::size_t>(rows * depth));
+        for (auto& e : k) e = static_cast<T>(dist(rng));
+        for (auto& e : q) e = static_cast<T>(dist(rng));
+        std::vector<T> st(static_cast<std::size_t>(keys * st_stride), T(7));
+        diffattn::detail::score_tile_dot(k.data(), k_stride, keys, q.data(), rows, depth, st.data(), st_stride);
+        for (index_t j = 0; j < keys; ++j) {
+          for (index_t r = 0; r < st_stride; ++r) {
+            if (r >= rows) {
+              EXPECT_EQ(st[j * st_stride + r], T(7));
+              continue;
+            }
+            double expected = 0;
+            for (index_t c = 0; c < depth; ++c) expected += double(k[j * k_stride + c]) * double(q[r * depth + c]);
+            EXPECT_NEAR(st[j * st_stride + r], expected, tolerance<T>(double(depth) + 1, double(depth)));
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace diffattn_test

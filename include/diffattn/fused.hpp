@@ -67,7 +67,8 @@ struct FusedPlan {
   index_t key_chunk = 0;           // keys per split chunk (all keys when not split)
   index_t chunks = 1;
   bool split_keys = false;
-  bool two_pass = false;  // diff only
+  bool two_pass = false;    // diff only
+  bool dot_scores = false;  // tiles have fewer rows than a batch: SIMD along D instead
   int threads = 1;
 };
 
@@ -135,30 +136,40 @@ inline QueryTile tile_at(const AttentionProblem& p, const FusedPlan& plan, index
   return {batch, kv_head, first, std::min(p.q_len, first + plan.positions_per_tile)};
 }
 
-/// qt [D, rows_pad] = (Q rows of the tile · scale·log2 e)ᵀ; padding rows are zero.
+/// The tile's Q rows times scale·log2 e: transposed, qt [D, rows_pad] with zero padding
+/// rows, for score_tile; or row-major [rows, D] for score_tile_dot.
 template <class T>
-void pack_queries_transposed(TensorView<const T, 4> q, const AttentionProblem& p,
-                             const QueryTile& tile, index_t rows_pad, T factor, T* qt) {
+void pack_queries(TensorView<const T, 4> q, const AttentionProblem& p, const QueryTile& tile,
+                  index_t rows_pad, bool row_major, T factor, T* packed) {
   const index_t rows = p.group * tile.positions();
   for (index_t r = 0; r < rows; ++r) {
     const T* src = &q(tile.batch, tile.head(p, r), tile.position(r), 0);
-    for (index_t c = 0; c < p.head_dim; ++c) qt[c * rows_pad + r] = src[c] * factor;
+    for (index_t c = 0; c < p.head_dim; ++c) {
+      packed[row_major ? r * p.head_dim + c : c * rows_pad + r] = src[c] * factor;
+    }
   }
-  for (index_t c = 0; c < p.head_dim; ++c) std::fill(qt + c * rows_pad + rows, qt + (c + 1) * rows_pad, T(0));
+  if (row_major) return;
+  for (index_t c = 0; c < p.head_dim; ++c) std::fill(packed + c * rows_pad + rows, packed + (c + 1) * rows_pad, T(0));
 }
 
 /// Scores of the tile's rows against keys [first, first + count) into st (row j of st
 /// is key first + j; columns are query rows): K·Qᵀ, plus mask·log2 e, and −inf past
 /// each row's causal limit.
 template <class T>
-void score_keys(const FusedArgs<T>& a, TensorView<const T, 4> k, const QueryTile& tile,
-                index_t rows_pad, const T* qt, index_t first, index_t count, T* st) {
+void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T, 4> k,
+                const QueryTile& tile, index_t rows_pad, const T* q_packed, index_t first,
+                index_t count, T* st) {
   constexpr T minus_inf = -std::numeric_limits<T>::infinity();
   const AttentionProblem& p = a.problem;
   if (count <= 0) return;
-  score_tile(&k(tile.batch, tile.kv_head, first, 0), k.stride(2), count, qt, rows_pad, rows_pad,
-             p.head_dim, st, rows_pad);
   const index_t rows = p.group * tile.positions();
+  const T* keys = &k(tile.batch, tile.kv_head, first, 0);
+  if (plan.dot_scores) {
+    score_tile_dot(keys, k.stride(2), count, q_packed, rows, p.head_dim, st, rows_pad);
+    for (index_t j = 0; j < count; ++j) std::fill(st + j * rows_pad + rows, st + (j + 1) * rows_pad, T(0));
+  } else {
+    score_tile(keys, k.stride(2), count, q_packed, rows_pad, rows_pad, p.head_dim, st, rows_pad);
+  }
   const T log2e = static_cast<T>(1.4426950408889634074);
   for (index_t r = 0; r < rows; ++r) {
     const index_t position = tile.position(r);
@@ -284,7 +295,7 @@ const T* value_rows(const FusedArgs<T>& a, const FusedSizes<T>& sz, const QueryT
 /// softmax states. Both maps share each V tile; when k2 is k1 (the "V2" form), map 2
 /// re-reads the K tile map 1 just brought into L1/L2, so memory sees it once.
 template <class T>
-void flash_stream(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad,
+void flash_stream(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile& tile, index_t rows_pad,
                   const FusedSizes<T>& sz, ThreadWorkspace<T>& ws, index_t key_begin,
                   index_t key_end, FlashState<T> first_state, const FlashState<T>* second_state) {
   T* rescale = ws.stats.data() + 5 * rows_pad;
@@ -293,10 +304,10 @@ void flash_stream(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad
   const index_t value_rows_used = round_up(a.problem.group * tile.positions(), micro_blocking<T>::value_rows);
   for (index_t j0 = key_begin; j0 < key_end; j0 += FusedPlan::key_tile) {
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
-    score_keys(a, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, ws.st1.data());
+    score_keys(a, plan, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, ws.st1.data());
     flash_softmax_update(first_state, ws.st1.data(), rows_pad, count, sz.dv_pad, rescale);
     if (second_state != nullptr) {
-      score_keys(a, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, ws.st2.data());
+      score_keys(a, plan, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, ws.st2.data());
       flash_softmax_update(*second_state, ws.st2.data(), rows_pad, count, sz.dv_pad, rescale);
     }
     index_t v_stride = 0;
@@ -378,7 +389,7 @@ void exact_softmax_columns(T* st, index_t rows_pad, index_t keys, const T* numer
 /// Differential attention for one tile, two-pass: scores of both maps against all visible
 /// keys, exact softmax per row, P = P1 − λ·P2 in place, one P·V product.
 template <class T>
-void diff_two_pass_tile(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad,
+void diff_two_pass_tile(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile& tile, index_t rows_pad,
                         const FusedSizes<T>& sz, ThreadWorkspace<T>& ws) {
   using B = native_batch<T>;
   constexpr index_t lanes = micro_blocking<T>::lanes;
@@ -389,8 +400,8 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const QueryTile& tile, index_t ro
   T* st2 = ws.st2.data();
   for (index_t j0 = 0; j0 < key_end; j0 += FusedPlan::key_tile) {
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
-    score_keys(a, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, st1 + j0 * rows_pad);
-    score_keys(a, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, st2 + j0 * rows_pad);
+    score_keys(a, plan, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, st1 + j0 * rows_pad);
+    score_keys(a, plan, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, st2 + j0 * rows_pad);
   }
   T* weight1 = ws.stats.data();
   T* weight2 = weight1 + rows_pad;
@@ -451,6 +462,8 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
       plan.two_pass = false;  // decoding: bandwidth-bound, stream both maps
     }
   }
+  plan.dot_scores = p.group * positions < micro_blocking<T>::lanes &&
+                    p.head_dim >= micro_blocking<T>::lanes;
   plan.threads = resolve_threads(requested_threads, natural_tiles * plan.chunks);
   if (plan.two_pass) {
     auto total_bytes = [&] {
@@ -529,10 +542,10 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
       const index_t tile_index = item / plan.chunks;
       const index_t chunk = item % plan.chunks;
       const QueryTile tile = tile_at(p, plan, tile_index);
-      pack_queries_transposed(a.q1, p, tile, rows_pad, logit_factor, ws.qt1.data());
-      if (a.diff) pack_queries_transposed(a.q2, p, tile, rows_pad, logit_factor, ws.qt2.data());
+      pack_queries(a.q1, p, tile, rows_pad, plan.dot_scores, logit_factor, ws.qt1.data());
+      if (a.diff) pack_queries(a.q2, p, tile, rows_pad, plan.dot_scores, logit_factor, ws.qt2.data());
       if (plan.two_pass) {
-        diff_two_pass_tile(a, tile, rows_pad, sz, ws);
+        diff_two_pass_tile(a, plan, tile, rows_pad, sz, ws);
         continue;
       }
       FlashState<T> first{stats, stats + rows_pad, ws.acc1.data()};
@@ -545,7 +558,7 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
       if (a.diff) flash_reset(second, rows_pad, sz.dv_pad);
       const index_t key_end = p.key_limit(tile.last - 1);
       const index_t key_begin = chunk * plan.key_chunk;
-      flash_stream(a, tile, rows_pad, sz, ws, key_begin, std::min(key_end, key_begin + plan.key_chunk),
+      flash_stream(a, plan, tile, rows_pad, sz, ws, key_begin, std::min(key_end, key_begin + plan.key_chunk),
                    first, a.diff ? &second : nullptr);
       if (!plan.split_keys) write_flash_output(a, tile, sz.dv_pad, first, a.diff ? &second : nullptr);
     }

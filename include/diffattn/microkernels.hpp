@@ -17,6 +17,8 @@
 /// Each output element accumulates its terms in the order of the shared dimension,
 /// whatever the blocking: results do not depend on tile sizes or thread counts.
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 
 #include "diffattn/simd.hpp"
@@ -107,6 +109,68 @@ void score_tile(const T* k, index_t k_stride, index_t keys, const T* qt, index_t
   }
   for (; r < rows; r += lanes) {
     score_rows<T, 1>(k, k_stride, keys, qt + r, qt_stride, depth, st + r, st_stride);
+  }
+}
+
+/// st[j][r] = Σ_c k[j][c]·q[r][c] for MR keys and R query rows, SIMD along c. For
+/// decoding tiles, which have fewer query rows than a batch has lanes: the transposed
+/// kernel would compute mostly padding. q is packed row-major [R, depth]; the depth tail
+/// (depth % lanes) runs scalar. One horizontal add per (key, row) ends each dot product.
+template <class T, int MR, int R>
+inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t depth, T* st,
+                            index_t st_stride) {
+  using B = native_batch<T>;
+  constexpr index_t lanes = static_cast<index_t>(B::size);
+  B acc[MR][R];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = B(T(0));
+  const index_t whole = depth / lanes * lanes;
+  for (index_t c = 0; c < whole; c += lanes) {
+    B queries[R];
+    for (int r = 0; r < R; ++r) {
+      queries[r] = B::load_unaligned(q + r * depth + c);
+      keep_in_register(queries[r]);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const B key = B::load_unaligned(k + m * k_stride + c);
+      for (int r = 0; r < R; ++r) acc[m][r] = simd_fma(key, queries[r], acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int r = 0; r < R; ++r) {
+      T sum = simd_sum(acc[m][r]);
+      for (index_t c = whole; c < depth; ++c) sum = std::fma(k[m * k_stride + c], q[r * depth + c], sum);
+      st[m * st_stride + r] = sum;
+    }
+  }
+}
+
+template <class T, int R>
+void score_rows_dot(const T* k, index_t k_stride, index_t keys, const T* q, index_t depth, T* st,
+                    index_t st_stride) {
+  constexpr int MR = 4;  // 4 keys × R <= 4 rows: up to 16 accumulators
+  index_t j = 0;
+  for (; j + MR <= keys; j += MR) {
+    score_block_dot<T, MR, R>(k + j * k_stride, k_stride, q, depth, st + j * st_stride, st_stride);
+  }
+  for (; j < keys; ++j) {
+    score_block_dot<T, 1, R>(k + j * k_stride, k_stride, q, depth, st + j * st_stride, st_stride);
+  }
+}
+
+/// Sᵀ [keys, rows] = K [keys, depth] · Qᵀ, for rows <= 4 query rows packed row-major.
+template <class T>
+void score_tile_dot(const T* k, index_t k_stride, index_t keys, const T* q, index_t rows,
+                    index_t depth, T* st, index_t st_stride) {
+  for (index_t r = 0; r < rows; r += 4) {
+    const T* q_rows = q + r * depth;
+    T* st_rows = st + r;
+    switch (std::min<index_t>(rows - r, 4)) {
+      case 4: score_rows_dot<T, 4>(k, k_stride, keys, q_rows, depth, st_rows, st_stride); break;
+      case 3: score_rows_dot<T, 3>(k, k_stride, keys, q_rows, depth, st_rows, st_stride); break;
+      case 2: score_rows_dot<T, 2>(k, k_stride, keys, q_rows, depth, st_rows, st_stride); break;
+      default: score_rows_dot<T, 1>(k, k_stride, keys, q_rows, depth, st_rows, st_stride); break;
+    }
   }
 }
 
