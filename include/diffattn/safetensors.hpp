@@ -121,6 +121,27 @@ inline double double_from_bits(std::uint64_t bits) noexcept {
   return value;
 }
 
+/// float to double keeping a signaling NaN signaling and its payload (a conversion
+/// instruction would quiet it), so that F16/BF16/F32 -> double is exact bit for bit.
+inline double float_to_double(float value) noexcept {
+  if (!std::isnan(value)) return static_cast<double>(value);
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const std::uint64_t sign = static_cast<std::uint64_t>(bits >> 31) << 63;
+  const std::uint64_t payload = static_cast<std::uint64_t>(bits & 0x7FFFFFu) << (52 - 23);
+  return double_from_bits(sign | (std::uint64_t{0x7FF} << 52) | payload);
+}
+
+/// float to T (float or double), exactly.
+template <class T>
+T widen_float(float value) noexcept {
+  if constexpr (std::is_same_v<T, double>) {
+    return float_to_double(value);
+  } else {
+    return value;
+  }
+}
+
 /// IEEE binary16 to float, exactly: every half (subnormals, ±0, ±inf, NaN payloads) is
 /// representable in float.
 inline float half_to_float(std::uint16_t half) noexcept {
@@ -353,17 +374,17 @@ class SafeTensors {
         break;
       case DType::f32:
         for (index_t i = 0; i < count; ++i) {
-          out[i] = static_cast<T>(detail::float_from_bits(detail::load_le<std::uint32_t>(in + 4 * i)));
+          out[i] = detail::widen_float<T>(detail::float_from_bits(detail::load_le<std::uint32_t>(in + 4 * i)));
         }
         break;
       case DType::f16:
         for (index_t i = 0; i < count; ++i) {
-          out[i] = static_cast<T>(detail::half_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
+          out[i] = detail::widen_float<T>(detail::half_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
         }
         break;
       case DType::bf16:
         for (index_t i = 0; i < count; ++i) {
-          out[i] = static_cast<T>(detail::bfloat16_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
+          out[i] = detail::widen_float<T>(detail::bfloat16_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
         }
         break;
       default: break;  // rejected by check_float_dtype
@@ -391,10 +412,6 @@ class SafeTensors {
 
     const nlohmann::json header = parse_json(bytes_.data() + length_size,
                                              bytes_.data() + data_start_);
-    if (!header.is_object()) {
-      fail_file("header is a JSON ", header.type_name(), ", expected an object");
-    }
-
     std::vector<std::pair<const std::string*, const detail::SafeTensorEntry*>> by_offset;
     for (const auto& item : header.items()) {
       const std::string& name = item.key();
@@ -408,8 +425,10 @@ class SafeTensors {
 
     // The reference implementation requires the tensors to tile the buffer exactly, so
     // that no bytes hide between or after them; overlaps would alias two tensors.
+    // Ties broken by name so that the message for two equal ranges is deterministic.
     std::sort(by_offset.begin(), by_offset.end(), [](const auto& a, const auto& b) {
-      return std::tie(a.second->begin, a.second->end) < std::tie(b.second->begin, b.second->end);
+      return std::tie(a.second->begin, a.second->end, *a.first) <
+             std::tie(b.second->begin, b.second->end, *b.first);
     });
     std::uint64_t covered = 0;
     const std::string* previous = nullptr;
@@ -438,26 +457,45 @@ class SafeTensors {
   }
 
   // nlohmann keeps one value of a duplicated key without a word, so a parser callback
-  // watches every object's keys as they are read.
+  // watches every object's keys as they are read. Also checks that the header is an
+  // object, before reporting duplicates, so that "[...]" gets the clearer message.
   nlohmann::json parse_json(const std::uint8_t* first, const std::uint8_t* last) const {
-    std::vector<std::set<std::string>> keys_per_object;
+    // nlohmann stops at a NUL byte as if the input ended there, which would let
+    // anything hide after one. Valid JSON never contains a raw NUL.
+    if (const auto* nul = std::find(first, last, std::uint8_t{0}); nul != last) {
+      fail_file("header has a NUL byte at offset ", nul - first + 8,
+                " of the file; JSON text cannot contain one");
+    }
+    struct Container {
+      bool is_object;
+      std::set<std::string> keys;
+    };
+    std::vector<Container> open;
     std::string top_level_key;
     std::string duplicate;
     std::string duplicate_parent;
-    auto watch_keys = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    auto watch_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
       using event_t = nlohmann::json::parse_event_t;
-      if (event == event_t::object_start) {
-        keys_per_object.emplace_back();
-      } else if (event == event_t::object_end) {
-        if (!keys_per_object.empty()) keys_per_object.pop_back();
-      } else if (event == event_t::key && !keys_per_object.empty() && parsed.is_string()) {
-        const std::string& key = parsed.get_ref<const std::string&>();
-        if (!keys_per_object.back().insert(key).second && duplicate.empty()) {
-          duplicate = key;
-          duplicate_parent = depth == 1 ? std::string() : top_level_key;
+      switch (event) {
+        case event_t::object_start: open.push_back({true, {}}); break;
+        case event_t::array_start: open.push_back({false, {}}); break;
+        case event_t::object_end:
+        case event_t::array_end:
+          if (!open.empty()) open.pop_back();
+          break;
+        case event_t::key: {
+          if (open.empty() || !parsed.is_string()) break;
+          const std::string& key = parsed.get_ref<const std::string&>();
+          const bool top_level = open.size() == 1;
+          if (!open.back().keys.insert(key).second && duplicate.empty()) {
+            duplicate = key;
+            duplicate_parent = top_level ? std::string() : top_level_key;
+          }
+          // A key of the top-level object: a tensor name or "__metadata__".
+          if (top_level) top_level_key = key;
+          break;
         }
-        // Depth 1 is a key of the top-level object: a tensor name or "__metadata__".
-        if (depth == 1) top_level_key = key;
+        case event_t::value: break;
       }
       return true;
     };
@@ -466,6 +504,9 @@ class SafeTensors {
       header = nlohmann::json::parse(first, last, watch_keys);
     } catch (const nlohmann::json::exception& error) {
       fail_file("header is not valid JSON: ", error.what());
+    }
+    if (!header.is_object()) {
+      fail_file("header is a JSON ", header.type_name(), ", expected an object");
     }
     if (!duplicate.empty()) {
       if (duplicate_parent.empty()) {
