@@ -16,3 +16,7 @@
 #include "diffattn/fused.hpp"
 #include "diffattn/attention.hpp"
 #include "diffattn/safetensors.hpp"
+#include "diffattn/rope.hpp"
+#include "diffattn/rms_norm.hpp"
+#include "diffattn/kv_cache.hpp"
+#include "diffattn/blocks.hpp"
