@@ -12,6 +12,8 @@ packages=(
   libgtest-dev
   libbenchmark-dev
   nlohmann-json3-dev
+  clang              # scripts/fuzz.sh: clang++ with libFuzzer
+  libclang-rt-14-dev # libclang_rt.fuzzer (only recommended by clang, so named here)
 )
 
 missing=()

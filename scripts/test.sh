@@ -4,7 +4,8 @@
 #   build-test/native    -O2 -march=native
 #   build-test/baseline  -O2, no -march (the compiler's default ISA, SSE2 on x86-64)
 #   build-test/sanitize  -O1 -g with AddressSanitizer and UndefinedBehaviorSanitizer
-# All with -Wall -Wextra -Wpedantic -Werror. Build directories are reused between runs.
+# All with -Wall -Wextra -Wpedantic -Werror. Then 30 s of scripts/fuzz.sh (build-fuzz).
+# Build directories are reused between runs.
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,5 +56,10 @@ run_configuration baseline \
 run_configuration sanitize \
   -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
   -DDIFFATTN_NATIVE=OFF -DDIFFATTN_SANITIZE=ON
+
+# A short fuzz run of the safetensors reader (clang + libFuzzer); scripts/fuzz.sh runs
+# longer ones. Inputs that ever failed are replayed by ctest above.
+banner "fuzzing the safetensors reader for 30 s"
+FUZZ_JOBS=$jobs bash scripts/fuzz.sh 30
 
 banner "all configurations passed in $((SECONDS - total_start)) s"
