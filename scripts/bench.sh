@@ -16,14 +16,7 @@ cmake -S . -B "$build_dir" -G Ninja \
   -DDIFFATTN_BUILD_BENCH=ON -DDIFFATTN_BUILD_EXAMPLES=ON -DDIFFATTN_BUILD_TESTS=OFF
 cmake --build "$build_dir" -j 2
 
-shopt -s nullglob
-bench_programs=("$build_dir"/bench/diffattn_bench_*)
-shopt -u nullglob
-
-# The run line: every benchmark program, or the quickstart while there is none.
-if ((${#bench_programs[@]} > 0)); then
-  for program in "${bench_programs[@]}"; do "$program"; done
-else
-  echo "bench: no bench/bench_*.cpp yet; running examples/quickstart"
-  "$build_dir/examples/quickstart"
-fi
+# The main job: the short sweep of standard vs differential attention against the
+# plain-softmax baselines, with the ratio table at the end. Extra arguments go to the
+# benchmark binary (e.g. --full, --benchmark_out=results.json).
+"$build_dir/bench/diffattn_bench_attention" "$@"

@@ -1,0 +1,448 @@
+// Standard vs differential attention, against plain softmax attention baselines.
+//
+// Matched configuration: h differential heads (Q/K width d, V width 2d) against 2h
+// standard heads of width d: the same parameters and, for the fused kernels, the same
+// 8·N²·d FLOPs per differential head. Baselines in the same binary:
+//   - naive: materialized attention, Eigen GEMMs and a full softmax over N×N;
+//   - composed differential: two standard calls plus a subtraction, as GPU code does.
+// The machine's FMA peak and read bandwidth are measured at start-up by this binary, so
+// every "% of peak" comes from one run. At the end a table gives the ratios.
+//
+//   diffattn_bench_attention                  short sweep (the README's main command)
+//   diffattn_bench_attention --full           the whole sweep (minutes)
+//   ... --benchmark_format=json --benchmark_out=results.json   for scripts/plot_bench.py
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+#include <diffattn/diffattn.hpp>
+
+namespace {
+
+using diffattn::index_t;
+using diffattn::Tensor;
+using diffattn::TensorView;
+using Clock = std::chrono::steady_clock;
+
+// ---- machine limits, measured once ------------------------------------------------
+
+/// Peak fp32 FMA rate of one core: 16 independent FMA chains (latency × pipes with
+/// room to spare) of the widest batch the build targets.
+double measure_fma_peak_gflops() {
+  using B = diffattn::detail::native_batch<float>;
+  constexpr int chains = 16;
+  B acc[chains];
+  for (int i = 0; i < chains; ++i) acc[i] = B(0.001f * static_cast<float>(i));
+  const B a(0.999f), b(0.001f);
+  const long iterations = 20'000'000;
+  double best = 1e30;
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    const auto start = Clock::now();
+    for (long it = 0; it < iterations; ++it) {
+      for (int i = 0; i < chains; ++i) acc[i] = diffattn::detail::simd_fma(acc[i], a, b);
+    }
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  float sink = 0;
+  for (int i = 0; i < chains; ++i) sink += diffattn::detail::simd_sum(acc[i]);
+  benchmark::DoNotOptimize(sink);
+  return 2.0 * chains * static_cast<double>(B::size) * static_cast<double>(iterations) / best * 1e-9;
+}
+
+/// Read bandwidth with all threads: a vectorized sum over 512 MiB (far past the caches).
+double measure_read_bandwidth_gbs(int threads) {
+  const std::size_t n = std::size_t{1} << 27;
+  std::unique_ptr<float[]> data(new float[n]);
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(threads) schedule(static)
+#endif
+  for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n); ++i) data[static_cast<std::size_t>(i)] = 1.0f;
+  using B = diffattn::detail::native_batch<float>;
+  double best = 1e30;
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    const auto start = Clock::now();
+    float total = 0;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+#endif
+    {
+      B s0(0.0f), s1(0.0f), s2(0.0f), s3(0.0f);
+      const std::ptrdiff_t step = 4 * static_cast<std::ptrdiff_t>(B::size);
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n); i += step) {
+        const float* p = data.get() + i;
+        s0 = s0 + B::load_unaligned(p);
+        s1 = s1 + B::load_unaligned(p + B::size);
+        s2 = s2 + B::load_unaligned(p + 2 * B::size);
+        s3 = s3 + B::load_unaligned(p + 3 * B::size);
+      }
+      total += diffattn::detail::simd_sum(s0 + s1 + s2 + s3);
+    }
+    benchmark::DoNotOptimize(total);
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  (void)threads;
+  return static_cast<double>(n * sizeof(float)) / best * 1e-9;
+}
+
+int all_threads() { return diffattn::detail::resolve_threads(0, 1 << 20); }
+
+struct Machine {
+  double fma_peak_gflops = 0;  // one core
+  double read_gbs = 0;         // all cores
+};
+Machine machine;
+
+// ---- problems -----------------------------------------------------------------------
+
+Tensor<float, 4> random_tensor(const std::array<index_t, 4>& shape, unsigned seed) {
+  Tensor<float, 4> t(shape);
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  for (index_t i = 0; i < t.size(); ++i) t.data()[i] = dist(rng);
+  return t;
+}
+
+/// h = 2 differential heads of width d (V 2d) and the matched 4 standard heads.
+constexpr index_t diff_heads = 2;
+
+struct Matched {
+  index_t n, d;
+  Tensor<float, 4> q, k, v, out;                 // standard: [1, 2h, N, d]
+  Tensor<float, 4> q1, q2, k1, k2, v2, out2, tmp;  // differential: [1, h, N, d], v [1, h, N, 2d]
+  Tensor<float, 1> lambda;
+  Matched(index_t n_, index_t d_)
+      : n(n_), d(d_),
+        q(random_tensor({1, 2 * diff_heads, n, d}, 1)), k(random_tensor({1, 2 * diff_heads, n, d}, 2)),
+        v(random_tensor({1, 2 * diff_heads, n, d}, 3)), out({1, 2 * diff_heads, n, d}),
+        q1(random_tensor({1, diff_heads, n, d}, 4)), q2(random_tensor({1, diff_heads, n, d}, 5)),
+        k1(random_tensor({1, diff_heads, n, d}, 6)), k2(random_tensor({1, diff_heads, n, d}, 7)),
+        v2(random_tensor({1, diff_heads, n, 2 * d}, 8)), out2({1, diff_heads, n, 2 * d}),
+        tmp({1, diff_heads, n, 2 * d}), lambda({diff_heads}, 0.5f) {}
+};
+
+/// FLOPs of the matched problem: 2·N²·(D + Dv) per standard head, halved by causality
+/// (counting only the unmasked work).
+double matched_flops(index_t n, index_t d, bool causal) {
+  const double full = 2.0 * static_cast<double>(2 * diff_heads) * static_cast<double>(n) *
+                      static_cast<double>(n) * static_cast<double>(2 * d);
+  return causal ? full * (static_cast<double>(n) + 1) / (2.0 * static_cast<double>(n)) : full;
+}
+
+/// A field of /proc/self/status in MiB ("VmRSS": resident now, "VmHWM": peak).
+double status_mib(const char* field) {
+  std::FILE* status = std::fopen("/proc/self/status", "r");
+  if (status == nullptr) return 0;
+  char line[256];
+  double kib = 0;
+  const std::size_t length = std::strlen(field);
+  while (std::fgets(line, sizeof line, status) != nullptr) {
+    if (std::strncmp(line, field, length) == 0 && line[length] == ':') kib = std::atof(line + length + 1);
+  }
+  std::fclose(status);
+  return kib / 1024.0;
+}
+
+/// Restarts the peak-RSS count (Linux >= 4.0), so each benchmark reports its own peak
+/// rather than the start-up bandwidth buffer's.
+void reset_peak_rss() {
+  if (std::FILE* refs = std::fopen("/proc/self/clear_refs", "w")) {
+    std::fputs("5", refs);
+    std::fclose(refs);
+  }
+}
+
+double peak_rss_mib() { return status_mib("VmHWM"); }
+
+void set_compute_counters(benchmark::State& state, double flops, int threads) {
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+  state.counters["RSS_MiB"] = peak_rss_mib();
+}
+
+struct Args {
+  index_t n, d;
+  bool causal;
+  int threads;
+  explicit Args(const benchmark::State& state)
+      : n(state.range(0)), d(state.range(1)), causal(state.range(2) != 0),
+        threads(state.range(3) == 0 ? all_threads() : static_cast<int>(state.range(3))) {}
+  diffattn::AttentionOptions<float> options() const {
+    diffattn::AttentionOptions<float> o;
+    o.causal = causal;
+    o.threads = threads;
+    return o;
+  }
+};
+
+std::unique_ptr<Matched> current;
+Matched& problem(index_t n, index_t d) {
+  if (!current || current->n != n || current->d != d) {
+    current.reset();
+    current = std::make_unique<Matched>(n, d);
+  }
+  return *current;
+}
+
+void BM_Standard(benchmark::State& state) {
+  const Args args(state);
+  Matched& m = problem(args.n, args.d);
+  const auto options = args.options();
+  reset_peak_rss();
+  for (auto _ : state) {
+    diffattn::softmax_attention<float>(m.q, m.k, m.v, m.out, options);
+    benchmark::ClobberMemory();
+  }
+  set_compute_counters(state, matched_flops(args.n, args.d, args.causal), args.threads);
+}
+
+void BM_Differential(benchmark::State& state) {
+  const Args args(state);
+  Matched& m = problem(args.n, args.d);
+  const auto options = args.options();
+  reset_peak_rss();
+  for (auto _ : state) {
+    diffattn::diff_attention<float>(m.q1, m.q2, m.k1, m.k2, m.v2, m.lambda, m.out2, options);
+    benchmark::ClobberMemory();
+  }
+  set_compute_counters(state, matched_flops(args.n, args.d, args.causal), args.threads);
+}
+
+/// Differential attention as two standard calls and a subtraction (12·N²·d per head).
+void BM_DifferentialComposed(benchmark::State& state) {
+  const Args args(state);
+  Matched& m = problem(args.n, args.d);
+  const auto options = args.options();
+  reset_peak_rss();
+  for (auto _ : state) {
+    diffattn::softmax_attention<float>(m.q1, m.k1, m.v2, m.out2, options);
+    diffattn::softmax_attention<float>(m.q2, m.k2, m.v2, m.tmp, options);
+    float* out = m.out2.data();
+    const float* second = m.tmp.data();
+    const index_t per_head = args.n * 2 * args.d;
+    for (index_t h = 0; h < diff_heads; ++h) {
+      const float lambda = m.lambda(h);
+      for (index_t i = h * per_head; i < (h + 1) * per_head; ++i) out[i] -= lambda * second[i];
+    }
+    benchmark::ClobberMemory();
+  }
+  // The same useful work as the fused kernel, so GFLOP/s compare like for like.
+  set_compute_counters(state, matched_flops(args.n, args.d, args.causal), args.threads);
+}
+
+/// Plain materialized attention: S = scale·Q·Kᵀ with Eigen (N×N per head), a full
+/// row softmax, O = P·V with Eigen. One thread (Eigen's GEMM is not threaded here).
+void BM_NaiveMaterialized(benchmark::State& state) {
+  const Args args(state);
+  Matched& m = problem(args.n, args.d);
+  using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  RowMajor scores(args.n, args.n);
+  reset_peak_rss();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(args.d));
+  for (auto _ : state) {
+    for (index_t h = 0; h < 2 * diff_heads; ++h) {
+      const auto q = diffattn::as_eigen(m.q.view().select(0, 0).select(0, h));
+      const auto k = diffattn::as_eigen(m.k.view().select(0, 0).select(0, h));
+      const auto v = diffattn::as_eigen(m.v.view().select(0, 0).select(0, h));
+      auto out = diffattn::as_eigen(m.out.view().select(0, 0).select(0, h));
+      scores.noalias() = scale * (q * k.transpose());
+      for (index_t i = 0; i < args.n; ++i) {
+        auto row = scores.row(i);
+        if (args.causal) row.tail(args.n - i - 1).setConstant(-std::numeric_limits<float>::infinity());
+        row = (row.array() - row.maxCoeff()).exp();
+        row /= row.sum();
+      }
+      out.noalias() = scores * v;
+    }
+    benchmark::ClobberMemory();
+  }
+  set_compute_counters(state, matched_flops(args.n, args.d, args.causal), 1);
+  state.counters["threads"] = 1;
+}
+
+/// Decoding: one query token per head against a long KV cache, grouped-query.
+void BM_Decode(benchmark::State& state) {
+  const index_t kv_len = state.range(0), d = 128, q_heads = 8, kv_heads = state.range(1);
+  const int threads = state.range(2) == 0 ? all_threads() : static_cast<int>(state.range(2));
+  auto q = random_tensor({1, q_heads, 1, d}, 11);
+  auto k = random_tensor({1, kv_heads, kv_len, d}, 12);
+  auto v = random_tensor({1, kv_heads, kv_len, d}, 13);
+  Tensor<float, 4> out({1, q_heads, 1, d});
+  diffattn::AttentionOptions<float> options;
+  options.threads = threads;
+  reset_peak_rss();
+  for (auto _ : state) {
+    diffattn::softmax_attention<float>(q, k, v, out, options);
+    benchmark::ClobberMemory();
+  }
+  const double bytes = static_cast<double>(2 * kv_heads * kv_len * d) * sizeof(float);
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+  state.counters["RSS_MiB"] = peak_rss_mib();
+}
+
+/// N = 65536, one differential head: the memory target (resident memory beyond inputs).
+void BM_LongSequenceMemory(benchmark::State& state) {
+  const index_t n = state.range(0), d = 64;
+  auto q1 = random_tensor({1, 1, n, d}, 21), q2 = random_tensor({1, 1, n, d}, 22);
+  auto k1 = random_tensor({1, 1, n, d}, 23), k2 = random_tensor({1, 1, n, d}, 24);
+  auto v = random_tensor({1, 1, n, 2 * d}, 25);
+  Tensor<float, 4> out({1, 1, n, 2 * d});
+  Tensor<float, 1> lambda({1}, 0.5f);
+  diffattn::AttentionOptions<float> options;
+  options.causal = true;
+  diffattn::release_scratch();
+  const double before = status_mib("VmRSS");  // inputs and output are resident (zeroed or filled)
+  reset_peak_rss();
+  for (auto _ : state) {
+    diffattn::diff_attention<float>(q1, q2, k1, k2, v, lambda, out, options);
+    benchmark::ClobberMemory();
+  }
+  // One differential head is a quarter of the matched problem's 2h = 4 standard heads.
+  set_compute_counters(state, matched_flops(n, d, true) / (2 * diff_heads), all_threads());
+  state.counters["RSS_beyond_io_MiB"] = peak_rss_mib() - before;
+}
+
+// ---- the sweep ----------------------------------------------------------------------
+
+void register_benchmarks(bool full) {
+  const std::vector<index_t> sizes = full ? std::vector<index_t>{128, 512, 1024, 2048, 4096, 8192, 16384}
+                                          : std::vector<index_t>{512, 2048};
+  const std::vector<index_t> widths = full ? std::vector<index_t>{64, 128} : std::vector<index_t>{64};
+  for (index_t n : sizes) {
+    for (index_t d : widths) {
+      for (int causal : {0, 1}) {
+        if (!full && causal && n != 2048) continue;
+        for (int threads : {1, 0}) {
+          const std::vector<int64_t> args{n, d, causal, threads};
+          benchmark::RegisterBenchmark("Standard", BM_Standard)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
+          benchmark::RegisterBenchmark("Differential", BM_Differential)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
+          benchmark::RegisterBenchmark("DifferentialComposed", BM_DifferentialComposed)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
+          if (threads == 1 && n <= (full ? 8192 : 2048)) {
+            benchmark::RegisterBenchmark("NaiveMaterialized", BM_NaiveMaterialized)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
+          }
+        }
+      }
+    }
+  }
+  const std::vector<index_t> decode_lengths = full ? std::vector<index_t>{4096, 32768, 65536} : std::vector<index_t>{32768};
+  for (index_t kv_len : decode_lengths) {
+    for (index_t kv_heads : {8, 2}) {
+      benchmark::RegisterBenchmark("Decode", BM_Decode)->Args({kv_len, kv_heads, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
+    }
+  }
+  if (full) {
+    benchmark::RegisterBenchmark("LongSequenceMemory", BM_LongSequenceMemory)->Arg(65536)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
+  }
+}
+
+/// Collects every run so the ratios can be printed after the usual console output.
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      if (run.error_occurred || run.run_type != Run::RT_Iteration) continue;
+      std::string name = run.benchmark_name();
+      const std::string suffix = "/real_time";
+      if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        name.resize(name.size() - suffix.size());
+      }
+      results_[name] = run.GetAdjustedRealTime();  // in the benchmark's unit, ms
+      order_.push_back(name);
+      auto counter = [&](const char* key) {
+        const auto it = run.counters.find(key);
+        return it == run.counters.end() ? 0.0 : static_cast<double>(it->second);
+      };
+      rates_[name] = {counter("GFLOP/s"), counter("GB/s"), counter("threads")};
+    }
+  }
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    std::printf("\nMachine (measured at start-up): fp32 FMA peak %.1f GFLOP/s per core, %d threads, "
+                "read bandwidth %.1f GB/s\n",
+                machine.fma_peak_gflops, all_threads(), machine.read_gbs);
+    std::printf("%-48s %10s %10s %8s\n", "benchmark (N/d/causal/threads; decode: Nk/Hkv)", "time ms", "rate", "% peak");
+    for (const std::string& name : order_) {
+      const Rates& r = rates_[name];
+      const double ms = results_[name];
+      if (r.gflops > 0) {
+        const double peak = machine.fma_peak_gflops * std::max(r.threads, 1.0);
+        std::printf("%-48s %10.3f %7.1f GF %7.1f%%\n", name.c_str(), ms, r.gflops, 100 * r.gflops / peak);
+      } else if (r.gbs > 0) {
+        std::printf("%-48s %10.3f %7.1f GB %7.1f%%\n", name.c_str(), ms, r.gbs, 100 * r.gbs / machine.read_gbs);
+      }
+    }
+    std::printf("\n%-34s %12s %15s %12s\n", "problem (N/d/causal/threads)", "diff/std", "fused/composed", "naive/fused");
+    for (const auto& [name, time] : results_) {
+      const std::string prefix = "Differential/";
+      if (name.rfind(prefix, 0) != 0) continue;
+      const std::string key = name.substr(prefix.size());
+      const double standard = lookup("Standard/" + key);
+      const double composed = lookup("DifferentialComposed/" + key);
+      const double naive = lookup("NaiveMaterialized/" + key);
+      std::printf("%-34s %12s %15s %12s\n", key.c_str(), ratio(time, standard).c_str(),
+                  ratio(composed, time).c_str(), ratio(naive, standard).c_str());
+    }
+    std::printf("diff/std: time of differential over standard attention at the matched size (target <= 1.05)\n"
+                "fused/composed: speed-up of the fused differential kernel over two standard calls (target >= 1.4)\n"
+                "naive/fused: speed-up of the fused standard kernel over materialized attention (target >= 4 at N = 4096)\n");
+  }
+
+ private:
+  double lookup(const std::string& name) const {
+    const auto it = results_.find(name);
+    return it == results_.end() ? 0 : it->second;
+  }
+  static std::string ratio(double a, double b) {
+    if (a <= 0 || b <= 0) return "-";
+    char text[32];
+    std::snprintf(text, sizeof text, "%.2f", a / b);
+    return text;
+  }
+  struct Rates {
+    double gflops, gbs, threads;
+  };
+  std::map<std::string, double> results_;  // ms per iteration
+  std::map<std::string, Rates> rates_;
+  std::vector<std::string> order_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool full = false;
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--full") == 0) {
+      full = true;
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
+  int count = static_cast<int>(args.size());
+  benchmark::Initialize(&count, args.data());
+  machine.fma_peak_gflops = measure_fma_peak_gflops();
+  machine.read_gbs = measure_read_bandwidth_gbs(all_threads());
+  benchmark::AddCustomContext("fma_peak_gflops_per_core", std::to_string(machine.fma_peak_gflops));
+  benchmark::AddCustomContext("read_bandwidth_gbs", std::to_string(machine.read_gbs));
+  register_benchmarks(full);
+  RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}
