@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: installs missing Debian packages, builds an optimized Release
-# (-O3 -march=native) into build-bench and runs the benchmarks. Until the benchmark
-# suite (bench/bench_*.cpp) exists, it runs the quickstart example instead.
+# (-O3 -march=native) into build-bench and runs the differential-vs-standard benchmark
+# comparison (bench/bench_attention.cpp, short sweep).
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
