@@ -556,7 +556,8 @@ class MultiHeadDiffAttention {
       return;
     }
     const index_t lambda_rows = config_.lambda == LambdaMode::per_head ? H : 1;
-    const char* rows_name = config_.lambda == LambdaMode::per_head ? "H" : "1 (reference mode)";
+    const char* rows_name =
+        config_.lambda == LambdaMode::per_head ? "H" : "1: one λ for all heads";
     const std::pair<const char*, const Tensor<T, 2>*> vectors[4] = {
         {"weights.lambda_q1", &weights_.lambda_q1}, {"weights.lambda_k1", &weights_.lambda_k1},
         {"weights.lambda_q2", &weights_.lambda_q2}, {"weights.lambda_k2", &weights_.lambda_k2}};

@@ -35,8 +35,8 @@ constexpr const char* rope_style_name(RopeStyle style) noexcept {
 namespace detail {
 
 inline void check_rope_arguments(const char* fn, index_t head_dim, index_t position_offset,
-                                 double theta) {
-  if (head_dim % 2 != 0) {
+                                 RopeStyle style, double theta) {
+  if (style != RopeStyle::none && head_dim % 2 != 0) {
     throw_shape_error(fn, ": 'x' dimension 3 (d): expected an even head width, got ", head_dim);
   }
   if (position_offset < 0) {
@@ -55,6 +55,8 @@ inline void check_rope_arguments(const char* fn, index_t head_dim, index_t posit
 /// of tokens already in a KV cache when decoding). Angles, cos/sin and the rotation are
 /// computed in double and rounded once, so float results are within half an ulp of the
 /// exact rotation of the stored inputs. θ is the base (10000 in most models).
+/// Throws diffattn::shape_error for an odd d (unless style is none) and
+/// std::invalid_argument for a negative offset or a θ that is not finite and > 0.
 /// x [B, N, H, d] with d even; any strides.
 template <class T>
 void apply_rope(TensorView<T, 4> x, index_t position_offset, RopeStyle style,
@@ -62,7 +64,7 @@ void apply_rope(TensorView<T, 4> x, index_t position_offset, RopeStyle style,
   static_assert(!std::is_const_v<T>, "apply_rope rotates x in place");
   const index_t batch = x.extent(0), tokens = x.extent(1), heads = x.extent(2),
                 head_dim = x.extent(3);
-  detail::check_rope_arguments("apply_rope", head_dim, position_offset, theta);
+  detail::check_rope_arguments("apply_rope", head_dim, position_offset, style, theta);
   if (style == RopeStyle::none || x.empty()) return;
 
   // One cos/sin table [N, d/2] serves every batch row and head.
