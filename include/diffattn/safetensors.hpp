@@ -21,7 +21,6 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <set>
@@ -235,10 +234,16 @@ class SafeTensors {
                                              error != 0 ? ": " : "",
                                              error != 0 ? std::strerror(error) : ""));
     }
-    std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(file)),
-                                    std::istreambuf_iterator<char>());
-    if (file.bad()) {
-      throw safetensors_error(detail::concat("safetensors: ", path, ": read error"));
+    file.seekg(0, std::ios::end);
+    const std::streamoff size = file.tellg();
+    file.seekg(0, std::ios::beg);
+    if (size < 0 || !file) {
+      throw safetensors_error(detail::concat("safetensors: ", path, ": cannot determine the file size"));
+    }
+    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+    if (size > 0 && !file.read(reinterpret_cast<char*>(bytes.data()), size)) {
+      throw safetensors_error(detail::concat("safetensors: ", path, ": read error after ",
+                                             file.gcount(), " of ", size, " bytes"));
     }
     return parse(std::move(bytes), path);
   }
