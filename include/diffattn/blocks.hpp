@@ -42,12 +42,14 @@
 /// every cached token — equals the matching rows of one causal forward over the whole
 /// sequence; RoPE positions continue from cache.length().
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -95,7 +97,8 @@ struct AttentionConfig {
   RopeStyle rope = RopeStyle::none;
   /// RoPE base θ: pair i turns by position·θ^(−2i/d).
   double rope_theta = 10000;
-  /// Passed to the kernels' AttentionOptions::threads (0: all cores).
+  /// Passed to the kernels' AttentionOptions::threads (0: all cores). The projections
+  /// follow Eigen's own setting (Eigen::setNbThreads).
   int threads = 0;
 };
 
@@ -118,7 +121,8 @@ struct DiffAttentionConfig {
   /// RoPE base θ: pair i turns by position·θ^(−2i/d).
   double rope_theta = 10000;
   LambdaMode lambda = LambdaMode::reference;
-  /// Passed to the kernels' AttentionOptions::threads (0: all cores).
+  /// Passed to the kernels' AttentionOptions::threads (0: all cores). The projections
+  /// follow Eigen's own setting (Eigen::setNbThreads).
   int threads = 0;
 
   /// The standard block the reference compares this one with: 2H heads and 2Hkv kv heads
