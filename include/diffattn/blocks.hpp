@@ -183,6 +183,12 @@ namespace detail {
 struct BlockShape {
   index_t embed_dim = 0, query_heads = 0, key_heads = 0, value_heads = 0, head_dim = 0,
           value_dim = 0, output_heads = 0;
+  /// How error messages name the projections' widths: query_heads·head_dim,
+  /// key_heads·head_dim, value_heads·value_dim and output_heads·value_dim.
+  const char* q_width = "";
+  const char* k_width = "";
+  const char* v_width = "";
+  const char* out_width = "";
 };
 
 template <class... Parts>
@@ -251,6 +257,8 @@ inline BlockShape block_shape(const AttentionConfig& c) {
   s.query_heads = s.output_heads = c.num_heads;
   s.key_heads = s.value_heads = c.num_kv_heads;
   s.head_dim = s.value_dim = c.head_dim;
+  s.q_width = s.out_width = "Hq·d";
+  s.k_width = s.v_width = "Hkv·d";
   return s;
 }
 
@@ -264,6 +272,10 @@ inline BlockShape block_shape(const DiffAttentionConfig& c) {
   s.head_dim = c.head_dim;
   s.value_dim = v2 ? c.head_dim : 2 * c.head_dim;
   s.output_heads = c.num_heads;
+  s.q_width = "2H·d";
+  s.k_width = v2 ? "Hkv·d" : "2Hkv·d";
+  s.v_width = v2 ? "Hkv·d" : "Hkv·2d";
+  s.out_width = v2 ? "H·d" : "H·2d";
   return s;
 }
 
@@ -404,6 +416,27 @@ Linear<T> load_linear(const SafeTensors& file, const std::string& name, index_t 
   return layer;
 }
 
+/// Checks q_proj, k_proj, v_proj and out_proj of a block's weights against its shape.
+template <class Weights>
+void check_projections(const char* block, const BlockShape& s, const Weights& w) {
+  const index_t E = s.embed_dim;
+  check_linear(block, "q_proj", w.q_proj, s.query_heads * s.head_dim, s.q_width, E, "E");
+  check_linear(block, "k_proj", w.k_proj, s.key_heads * s.head_dim, s.k_width, E, "E");
+  check_linear(block, "v_proj", w.v_proj, s.value_heads * s.value_dim, s.v_width, E, "E");
+  check_linear(block, "out_proj", w.out_proj, E, "E", s.output_heads * s.value_dim, s.out_width);
+}
+
+/// Loads `prefix` + q_proj, k_proj, v_proj and `out_name` into a block's weights.
+template <class T, class Weights>
+void load_projections(const SafeTensors& file, const std::string& prefix, const BlockShape& s,
+                      const std::string& out_name, Weights& w) {
+  const index_t E = s.embed_dim;
+  w.q_proj = load_linear<T>(file, prefix + "q_proj", s.query_heads * s.head_dim, E);
+  w.k_proj = load_linear<T>(file, prefix + "k_proj", s.key_heads * s.head_dim, E);
+  w.v_proj = load_linear<T>(file, prefix + "v_proj", s.value_heads * s.value_dim, E);
+  w.out_proj = load_linear<T>(file, prefix + out_name, E, s.output_heads * s.value_dim);
+}
+
 /// Deterministic on every platform (std::mt19937_64 is fully specified; the standard's
 /// distributions are not), for random_weights.
 class WeightGenerator {
@@ -435,6 +468,15 @@ class WeightGenerator {
     return layer;
   }
 
+  /// Random q_proj, k_proj, v_proj and out_proj for a block of shape `s`.
+  template <class T, class Weights>
+  void projections(const BlockShape& s, Weights& w) {
+    w.q_proj = linear<T>(s.query_heads * s.head_dim, s.embed_dim);
+    w.k_proj = linear<T>(s.key_heads * s.head_dim, s.embed_dim);
+    w.v_proj = linear<T>(s.value_heads * s.value_dim, s.embed_dim);
+    w.out_proj = linear<T>(s.embed_dim, s.output_heads * s.value_dim);
+  }
+
   template <class T>
   Tensor<T, 2> normal_tensor(index_t rows, index_t cols, double stddev) {
     Tensor<T, 2> t({rows, cols});
@@ -459,11 +501,7 @@ class MultiHeadAttention {
   /// (diffattn::shape_error), naming the field, expected and got.
   MultiHeadAttention(const AttentionConfig& config, AttentionWeights<T> weights)
       : config_(detail::resolve_config(config)), shape_(detail::block_shape(config_)), weights_(std::move(weights)) {
-    const index_t E = shape_.embed_dim, d = shape_.head_dim;
-    detail::check_linear(block_name, "q_proj", weights_.q_proj, shape_.query_heads * d, "Hq·d", E, "E");
-    detail::check_linear(block_name, "k_proj", weights_.k_proj, shape_.key_heads * d, "Hkv·d", E, "E");
-    detail::check_linear(block_name, "v_proj", weights_.v_proj, shape_.value_heads * d, "Hkv·d", E, "E");
-    detail::check_linear(block_name, "out_proj", weights_.out_proj, E, "E", shape_.query_heads * d, "Hq·d");
+    detail::check_projections(block_name, shape_, weights_);
   }
 
   /// Loads `prefix` + `q_proj.weight`, `k_proj.weight`, `v_proj.weight`,
@@ -475,10 +513,7 @@ class MultiHeadAttention {
     const AttentionConfig c = detail::resolve_config(config);
     const detail::BlockShape s = detail::block_shape(c);
     AttentionWeights<T> w;
-    w.q_proj = detail::load_linear<T>(file, prefix + "q_proj", s.query_heads * s.head_dim, s.embed_dim);
-    w.k_proj = detail::load_linear<T>(file, prefix + "k_proj", s.key_heads * s.head_dim, s.embed_dim);
-    w.v_proj = detail::load_linear<T>(file, prefix + "v_proj", s.value_heads * s.head_dim, s.embed_dim);
-    w.out_proj = detail::load_linear<T>(file, prefix + "out_proj", s.embed_dim, s.query_heads * s.head_dim);
+    detail::load_projections<T>(file, prefix, s, "out_proj", w);
     return MultiHeadAttention(c, std::move(w));
   }
 
@@ -546,17 +581,11 @@ class MultiHeadDiffAttention {
   /// (diffattn::shape_error), naming the field, expected and got.
   MultiHeadDiffAttention(const DiffAttentionConfig& config, DiffAttentionWeights<T> weights)
       : config_(detail::resolve_config(config)), shape_(detail::block_shape(config_)), weights_(std::move(weights)) {
-    const index_t E = shape_.embed_dim, d = shape_.head_dim, H = config_.num_heads;
-    const bool v2 = config_.lambda == LambdaMode::v2;
-    detail::check_linear(block_name, "q_proj", weights_.q_proj, 2 * H * d, "2H·d", E, "E");
-    detail::check_linear(block_name, "k_proj", weights_.k_proj, shape_.key_heads * d,
-                         v2 ? "Hkv·d" : "2Hkv·d", E, "E");
-    detail::check_linear(block_name, "v_proj", weights_.v_proj,
-                         shape_.value_heads * shape_.value_dim, v2 ? "Hkv·d" : "Hkv·2d", E, "E");
-    detail::check_linear(block_name, "out_proj", weights_.out_proj, E, "E",
-                         H * shape_.value_dim, v2 ? "H·d" : "H·2d");
-    if (v2) {
-      detail::check_linear(block_name, "lambda_proj", weights_.lambda_proj, H, "H", E, "E");
+    const index_t d = shape_.head_dim, H = config_.num_heads;
+    detail::check_projections(block_name, shape_, weights_);
+    if (config_.lambda == LambdaMode::v2) {
+      detail::check_linear(block_name, "lambda_proj", weights_.lambda_proj, H, "H",
+                           shape_.embed_dim, "E");
       return;
     }
     const index_t lambda_rows = config_.lambda == LambdaMode::per_head ? H : 1;
@@ -595,17 +624,15 @@ class MultiHeadDiffAttention {
                                                  const std::string& prefix = "") {
     const DiffAttentionConfig c = detail::resolve_config(config);
     const detail::BlockShape s = detail::block_shape(c);
-    const index_t E = s.embed_dim, d = s.head_dim, H = c.num_heads;
-    DiffAttentionWeights<T> w;
-    w.q_proj = detail::load_linear<T>(file, prefix + "q_proj", 2 * H * d, E);
-    w.k_proj = detail::load_linear<T>(file, prefix + "k_proj", s.key_heads * d, E);
-    w.v_proj = detail::load_linear<T>(file, prefix + "v_proj", s.value_heads * s.value_dim, E);
+    const index_t d = s.head_dim, H = c.num_heads;
     const bool v2 = c.lambda == LambdaMode::v2;
+    // The V2 reference code calls the output projection o_proj.
     const std::string out_name =
         v2 && !file.contains(prefix + "out_proj.weight") ? "o_proj" : "out_proj";
-    w.out_proj = detail::load_linear<T>(file, prefix + out_name, E, H * s.value_dim);
+    DiffAttentionWeights<T> w;
+    detail::load_projections<T>(file, prefix, s, out_name, w);
     if (v2) {
-      w.lambda_proj = detail::load_linear<T>(file, prefix + "lambda_proj", H, E);
+      w.lambda_proj = detail::load_linear<T>(file, prefix + "lambda_proj", H, s.embed_dim);
       return MultiHeadDiffAttention(c, std::move(w));
     }
     Tensor<T, 2>* vectors[4] = {&w.lambda_q1, &w.lambda_k1, &w.lambda_q2, &w.lambda_k2};
@@ -711,10 +738,7 @@ AttentionWeights<T> random_weights(const AttentionConfig& config, std::uint64_t 
   const detail::BlockShape s = detail::block_shape(detail::resolve_config(config));
   detail::WeightGenerator generator(seed);
   AttentionWeights<T> w;
-  w.q_proj = generator.linear<T>(s.query_heads * s.head_dim, s.embed_dim);
-  w.k_proj = generator.linear<T>(s.key_heads * s.head_dim, s.embed_dim);
-  w.v_proj = generator.linear<T>(s.value_heads * s.value_dim, s.embed_dim);
-  w.out_proj = generator.linear<T>(s.embed_dim, s.output_heads * s.value_dim);
+  generator.projections<T>(s, w);
   return w;
 }
 
@@ -728,10 +752,7 @@ DiffAttentionWeights<T> random_weights(const DiffAttentionConfig& config, std::u
   const detail::BlockShape s = detail::block_shape(c);
   detail::WeightGenerator generator(seed);
   DiffAttentionWeights<T> w;
-  w.q_proj = generator.linear<T>(s.query_heads * s.head_dim, s.embed_dim);
-  w.k_proj = generator.linear<T>(s.key_heads * s.head_dim, s.embed_dim);
-  w.v_proj = generator.linear<T>(s.value_heads * s.value_dim, s.embed_dim);
-  w.out_proj = generator.linear<T>(s.embed_dim, s.output_heads * s.value_dim);
+  generator.projections<T>(s, w);
   if (c.lambda == LambdaMode::v2) {
     w.lambda_proj = generator.linear<T>(c.num_heads, s.embed_dim);
     return w;
