@@ -79,8 +79,8 @@ double parse_positive(const std::string& flag, const std::string& text) {
 }
 
 diffattn::RopeStyle parse_rope(const std::string& text) {
-  for (auto style : {diffattn::RopeStyle::none, diffattn::RopeStyle::interleaved,
-                     diffattn::RopeStyle::half}) {
+  for (auto style :
+       {diffattn::RopeStyle::none, diffattn::RopeStyle::interleaved, diffattn::RopeStyle::half}) {
     if (text == diffattn::rope_style_name(style)) return style;
   }
   throw usage_error("--rope: expected none, interleaved or half, got '" + text + "'");
@@ -115,9 +115,9 @@ Options parse_options(int argc, char** argv) {
       continue;
     }
     static const char* const with_value[] = {
-        "--weights", "--input",  "--output",     "--embed-dim", "--heads",  "--kv-heads",
-        "--head-dim", "--layer", "--rope",       "--rope-theta", "--lambda", "--prefix",
-        "--expect",  "--tolerance"};
+        "--weights",  "--input",    "--output", "--embed-dim", "--heads",
+        "--kv-heads", "--head-dim", "--layer",  "--rope",      "--rope-theta",
+        "--lambda",   "--prefix",   "--expect", "--tolerance"};
     bool known = false;
     for (const char* name : with_value) known = known || flag == name;
     if (!known) throw usage_error("unknown option '" + flag + "'");
@@ -176,8 +176,8 @@ int run_layer(int argc, char** argv) {
   writer.set_metadata("weights", options.weights);
   writer.set_metadata("block", options.standard ? "standard" : "diff");
   writer.save(options.output);
-  std::printf("run_layer: y [%td, %td, %td] written to %s\n", y.extent(0), y.extent(1),
-              y.extent(2), options.output.c_str());
+  std::printf("run_layer: y [%td, %td, %td] written to %s\n", y.extent(0), y.extent(1), y.extent(2),
+              options.output.c_str());
 
   if (options.expect.empty()) return 0;
   const auto expected = diffattn::SafeTensors::load(options.expect).tensor<float, 3>("y");

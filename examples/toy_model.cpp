@@ -37,7 +37,8 @@ struct ToyModel {
   std::vector<Block> layers;
 
   /// The whole sequence at once, or the next tokens through one cache per layer.
-  Tensor<float, 3> forward(Tensor<float, 3> x, std::vector<diffattn::KVCache<float>>* caches) const {
+  Tensor<float, 3> forward(Tensor<float, 3> x,
+                           std::vector<diffattn::KVCache<float>>* caches) const {
     for (std::size_t l = 0; l < layers.size(); ++l) {
       x = residual(layers[l], x, caches != nullptr ? &(*caches)[l] : nullptr);
     }
@@ -67,7 +68,8 @@ bool summarize(const char* name, const ToyModel<Block>& model, const Tensor<floa
                index_t parameters) {
   const Tensor<float, 3> full = model.forward(x, nullptr);
   double sum_of_squares = 0;
-  for (index_t i = 0; i < full.size(); ++i) sum_of_squares += double(full.data()[i]) * full.data()[i];
+  for (index_t i = 0; i < full.size(); ++i)
+    sum_of_squares += double(full.data()[i]) * full.data()[i];
 
   auto caches = model.make_caches(kBatch, kTokens);
   double worst = 0;
@@ -80,10 +82,11 @@ bool summarize(const char* name, const ToyModel<Block>& model, const Tensor<floa
           worst = std::max(worst, std::abs(double(part(b, n - begin, c)) - full(b, n, c)));
     begin = end;
   }
-  std::printf("%-22s %zu layers, %6td attention parameters, output rms %.4f, "
-              "cached decoding vs full forward: max |diff| %.2e\n",
-              name, model.layers.size(), parameters,
-              std::sqrt(sum_of_squares / double(full.size())), worst);
+  std::printf(
+      "%-22s %zu layers, %6td attention parameters, output rms %.4f, "
+      "cached decoding vs full forward: max |diff| %.2e\n",
+      name, model.layers.size(), parameters, std::sqrt(sum_of_squares / double(full.size())),
+      worst);
   // Same math in another order only (kernel tiles, GEMM blocking): a few float ulps.
   return worst <= 1e-5;
 }
@@ -118,8 +121,8 @@ int main() {
     config.causal = true;
     config.rope = diffattn::RopeStyle::interleaved;
     auto weights = diffattn::random_weights<float>(config, /*seed=*/layer);
-    diff_parameters += count_parameters(weights) + 4 * weights.lambda_q1.size() +
-                       weights.subln_weight.size();
+    diff_parameters +=
+        count_parameters(weights) + 4 * weights.lambda_q1.size() + weights.subln_weight.size();
     diff_model.layers.emplace_back(config, std::move(weights));
 
     // The standard block of the same size: 8 heads and 4 kv heads of width 8.

@@ -95,23 +95,42 @@ struct Fixture {
 
 const std::vector<Fixture>& fixtures() {
   static const std::vector<Fixture> list = {
-      {"standard_causal_interleaved", true,
-       standard_config(4, 4, true, RopeStyle::interleaved), {}, ""},
-      {"standard_gqa_half_bias", true, standard_config(4, 2, false, RopeStyle::half, 500), {},
+      {"standard_causal_interleaved",
+       true,
+       standard_config(4, 4, true, RopeStyle::interleaved),
+       {},
        ""},
-      {"diff_reference", false, {},
-       diff_config(2, 2, 1, false, RopeStyle::none, LambdaMode::reference), ""},
-      {"diff_reference_causal_interleaved", false, {},
-       diff_config(2, 2, 3, true, RopeStyle::interleaved, LambdaMode::reference), ""},
-      {"diff_gqa_causal_half", false, {},
-       diff_config(4, 2, 2, true, RopeStyle::half, LambdaMode::reference), ""},
-      {"diff_per_head_prefix_bias", false, {},
+      {"standard_gqa_half_bias", true, standard_config(4, 2, false, RopeStyle::half, 500), {}, ""},
+      {"diff_reference",
+       false,
+       {},
+       diff_config(2, 2, 1, false, RopeStyle::none, LambdaMode::reference),
+       ""},
+      {"diff_reference_causal_interleaved",
+       false,
+       {},
+       diff_config(2, 2, 3, true, RopeStyle::interleaved, LambdaMode::reference),
+       ""},
+      {"diff_gqa_causal_half",
+       false,
+       {},
+       diff_config(4, 2, 2, true, RopeStyle::half, LambdaMode::reference),
+       ""},
+      {"diff_per_head_prefix_bias",
+       false,
+       {},
        diff_config(2, 1, 5, true, RopeStyle::interleaved, LambdaMode::per_head),
        "layers.4.attn."},
-      {"diff_v2_gqa_causal_interleaved", false, {},
-       diff_config(2, 1, 1, true, RopeStyle::interleaved, LambdaMode::v2), ""},
-      {"diff_v2_head_dim_half", false, {},
-       diff_config(2, 2, 1, false, RopeStyle::half, LambdaMode::v2, 16), ""},
+      {"diff_v2_gqa_causal_interleaved",
+       false,
+       {},
+       diff_config(2, 1, 1, true, RopeStyle::interleaved, LambdaMode::v2),
+       ""},
+      {"diff_v2_head_dim_half",
+       false,
+       {},
+       diff_config(2, 2, 1, false, RopeStyle::half, LambdaMode::v2, 16),
+       ""},
   };
   return list;
 }
@@ -173,7 +192,8 @@ TYPED_TEST(BlockFixtureTest, ForwardMatchesPyTorch) {
 TYPED_TEST(BlockFixtureTest, IncrementalDecodingMatchesPyTorch) {
   using T = TypeParam;
   for (const Fixture& fixture : fixtures()) {
-    const bool causal = fixture.standard ? fixture.standard_block.causal : fixture.diff_block.causal;
+    const bool causal =
+        fixture.standard ? fixture.standard_block.causal : fixture.diff_block.causal;
     if (!causal) continue;
     SCOPED_TRACE(fixture.name);
     const SafeTensors file = SafeTensors::load(fixture_path(fixture.name));
@@ -206,12 +226,13 @@ TEST(BlockFixtures, MetadataAgreesWithTheTable) {
     const auto& metadata = file.metadata();
     ASSERT_EQ(metadata.count("config"), 1u);
     const std::string& config = metadata.at("config");
-    EXPECT_TRUE(contains(config, fixture.standard ? "\"block\": \"standard\"" : "\"block\": \"diff\""))
+    EXPECT_TRUE(
+        contains(config, fixture.standard ? "\"block\": \"standard\"" : "\"block\": \"diff\""))
         << config;
     EXPECT_TRUE(contains(config, std::string("\"prefix\": \"") + fixture.prefix + "\"")) << config;
     if (!fixture.standard) {
-      const std::string mode =
-          std::string("\"lambda_mode\": \"") + diffattn::lambda_mode_name(fixture.diff_block.lambda) + "\"";
+      const std::string mode = std::string("\"lambda_mode\": \"") +
+                               diffattn::lambda_mode_name(fixture.diff_block.lambda) + "\"";
       EXPECT_TRUE(contains(config, mode)) << config;
       EXPECT_TRUE(contains(config, std::string("\"rope\": \"") +
                                        diffattn::rope_style_name(fixture.diff_block.rope) + "\""))
@@ -232,9 +253,8 @@ Tensor<T, 3> forward_in_chunks(const Block& block, const Tensor<T, 3>& x,
   index_t begin = 0;
   for (index_t chunk : chunks) {
     const Tensor<T, 3> part = block.forward(x.view().slice(1, begin, begin + chunk), cache);
-    diffattn_test::for_each_index(part.shape(), [&](const auto& i) {
-      y(i[0], begin + i[1], i[2]) = part(i[0], i[1], i[2]);
-    });
+    diffattn_test::for_each_index(
+        part.shape(), [&](const auto& i) { y(i[0], begin + i[1], i[2]) = part(i[0], i[1], i[2]); });
     begin += chunk;
   }
   EXPECT_EQ(cache.length(), begin);
@@ -263,8 +283,9 @@ TYPED_TEST(BlockPropertyTest, IncrementalEqualsFullCausalForward) {
       SCOPED_TRACE(testing::Message() << diffattn::rope_style_name(rope) << " Hkv " << kv_heads);
       const Tensor<T, 3> x = random_tensor<T, 3>({2, 9, kEmbed}, rng);
       {
-        const MultiHeadAttention<T> block(standard_config(8, 2 * kv_heads, true, rope),
-                                          diffattn::random_weights<T>(standard_config(8, 2 * kv_heads, true, rope), 1));
+        const MultiHeadAttention<T> block(
+            standard_config(8, 2 * kv_heads, true, rope),
+            diffattn::random_weights<T>(standard_config(8, 2 * kv_heads, true, rope), 1));
         const Tensor<T, 3> full = block.forward(x);
         EXPECT_LE(max_abs_diff(forward_in_chunks(block, x, chunks).view(), full.view()),
                   same_math_tolerance<T>(max_abs(full.view())));
@@ -312,7 +333,8 @@ Tensor<T, 2> repeat_row_blocks(const Tensor<T, 2>& w, index_t width, index_t gro
   Tensor<T, 2> out({blocks * group * width, w.extent(1)});
   for (index_t b = 0; b < blocks * group; ++b) {
     for (index_t r = 0; r < width; ++r) {
-      for (index_t c = 0; c < w.extent(1); ++c) out(b * width + r, c) = w((b / group) * width + r, c);
+      for (index_t c = 0; c < w.extent(1); ++c)
+        out(b * width + r, c) = w((b / group) * width + r, c);
     }
   }
   return out;
@@ -357,7 +379,8 @@ TYPED_TEST(BlockPropertyTest, GqaEqualsRepeatedKvHeads) {
 TYPED_TEST(BlockPropertyTest, PerHeadLambdaWithEqualRowsIsTheReferenceMode) {
   using T = TypeParam;
   std::mt19937_64 rng(44);
-  const DiffAttentionConfig shared = diff_config(2, 2, 4, false, RopeStyle::half, LambdaMode::reference);
+  const DiffAttentionConfig shared =
+      diff_config(2, 2, 4, false, RopeStyle::half, LambdaMode::reference);
   const auto weights = diffattn::random_weights<T>(shared, 6);
   const MultiHeadDiffAttention<T> reference(shared, weights);
 
@@ -400,8 +423,8 @@ TYPED_TEST(BlockPropertyTest, SecondMapHasNoEffectWhenLambdaIsZero) {
   // λ = exp(0) − exp(s²) + λ_init = 0 for s² = ln(1 + λ_init), up to rounding of s.
   const double s = std::sqrt(std::log(1 + diffattn::lambda_init(layer)));
   const index_t d = 8;  // E / H / 2
-  for (Tensor<T, 2>* vector : {&weights.lambda_q1, &weights.lambda_k1, &weights.lambda_q2,
-                               &weights.lambda_k2}) {
+  for (Tensor<T, 2>* vector :
+       {&weights.lambda_q1, &weights.lambda_k1, &weights.lambda_q2, &weights.lambda_k2}) {
     *vector = Tensor<T, 2>({2, d});
   }
   for (index_t h = 0; h < 2; ++h) {
@@ -417,7 +440,8 @@ TYPED_TEST(BlockPropertyTest, SecondMapHasNoEffectWhenLambdaIsZero) {
   for (auto* w : {&other.q_proj.weight, &other.k_proj.weight}) {
     for (index_t row = 0; row < w->extent(0); ++row) {
       if ((row / d) % 2 == 1) {
-        for (index_t c = 0; c < kEmbed; ++c) (*w)(row, c) = static_cast<T>(0.3 * std::cos(row + 7.0 * c));
+        for (index_t c = 0; c < kEmbed; ++c)
+          (*w)(row, c) = static_cast<T>(0.3 * std::cos(row + 7.0 * c));
       }
     }
   }
@@ -447,7 +471,8 @@ TYPED_TEST(BlockPropertyTest, V2WithLambdaZeroIsStandardAttentionOnTheFirstMaps)
   for (index_t head = 0; head < 4; ++head) {
     for (index_t r = 0; r < d; ++r) {
       for (index_t c = 0; c < kEmbed; ++c) {
-        standard_weights.q_proj.weight(head * d + r, c) = weights.q_proj.weight(2 * head * d + r, c);
+        standard_weights.q_proj.weight(head * d + r, c) =
+            weights.q_proj.weight(2 * head * d + r, c);
       }
     }
   }
@@ -519,8 +544,10 @@ TYPED_TEST(BlockPropertyTest, SafetensorsRoundTrip) {
       writer.add(prefix + "lambda_proj.weight", weights.lambda_proj.weight);
     } else {
       const std::pair<const char*, const Tensor<T, 2>*> vectors[4] = {
-          {"lambda_q1", &weights.lambda_q1}, {"lambda_k1", &weights.lambda_k1},
-          {"lambda_q2", &weights.lambda_q2}, {"lambda_k2", &weights.lambda_k2}};
+          {"lambda_q1", &weights.lambda_q1},
+          {"lambda_k1", &weights.lambda_k1},
+          {"lambda_q2", &weights.lambda_q2},
+          {"lambda_k2", &weights.lambda_k2}};
       for (const auto& [name, tensor] : vectors) {
         if (mode == LambdaMode::per_head) {
           writer.add(prefix + name, *tensor);
@@ -552,12 +579,16 @@ TEST(BlockConfigs, StandardCounterpartOfADiffBlock) {
 
   // Resolved configs report the defaults; the two blocks have the same projections.
   const MultiHeadDiffAttention<float> diff_block(diff, diffattn::random_weights<float>(diff, 1));
-  const MultiHeadAttention<float> standard_block(standard, diffattn::random_weights<float>(standard, 1));
+  const MultiHeadAttention<float> standard_block(standard,
+                                                 diffattn::random_weights<float>(standard, 1));
   EXPECT_EQ(diff_block.config().head_dim, 4);
   EXPECT_EQ(standard_block.config().head_dim, 4);
-  EXPECT_EQ(diff_block.weights().q_proj.weight.shape(), standard_block.weights().q_proj.weight.shape());
-  EXPECT_EQ(diff_block.weights().k_proj.weight.shape(), standard_block.weights().k_proj.weight.shape());
-  EXPECT_EQ(diff_block.weights().v_proj.weight.shape(), standard_block.weights().v_proj.weight.shape());
+  EXPECT_EQ(diff_block.weights().q_proj.weight.shape(),
+            standard_block.weights().q_proj.weight.shape());
+  EXPECT_EQ(diff_block.weights().k_proj.weight.shape(),
+            standard_block.weights().k_proj.weight.shape());
+  EXPECT_EQ(diff_block.weights().v_proj.weight.shape(),
+            standard_block.weights().v_proj.weight.shape());
   DiffAttentionConfig defaults = diff;
   defaults.num_kv_heads = 0;
   EXPECT_EQ(MultiHeadDiffAttention<float>(defaults, diffattn::random_weights<float>(defaults, 1))
@@ -567,7 +598,8 @@ TEST(BlockConfigs, StandardCounterpartOfADiffBlock) {
 }
 
 TEST(BlockConfigs, RandomWeightsAreDeterministic) {
-  const DiffAttentionConfig config = diff_config(2, 2, 1, false, RopeStyle::none, LambdaMode::per_head);
+  const DiffAttentionConfig config =
+      diff_config(2, 2, 1, false, RopeStyle::none, LambdaMode::per_head);
   const auto a = diffattn::random_weights<double>(config, 5);
   const auto b = diffattn::random_weights<double>(config, 5);
   const auto c = diffattn::random_weights<double>(config, 6);
@@ -586,30 +618,37 @@ TEST(BlockConfigs, RandomWeightsAreDeterministic) {
 TEST(BlockErrors, ConfigValues) {
   using Weights = DiffAttentionWeights<float>;
   auto build = [](DiffAttentionConfig config) { MultiHeadDiffAttention<float>(config, Weights{}); };
-  DiffAttentionConfig good = diff_config(2, 2, 1, false, RopeStyle::interleaved, LambdaMode::reference);
+  DiffAttentionConfig good =
+      diff_config(2, 2, 1, false, RopeStyle::interleaved, LambdaMode::reference);
 
   auto c = good;
   c.embed_dim = 0;
-  expect_error<std::invalid_argument>([&] { build(c); }, {"MultiHeadDiffAttention: config.embed_dim must be > 0, got 0"});
+  expect_error<std::invalid_argument>(
+      [&] { build(c); }, {"MultiHeadDiffAttention: config.embed_dim must be > 0, got 0"});
   c = good;
   c.num_heads = -1;
   expect_error<std::invalid_argument>([&] { build(c); }, {"config.num_heads must be > 0, got -1"});
   c = good;
   c.num_kv_heads = 3;
-  expect_error<std::invalid_argument>([&] { build(c); }, {"config.num_kv_heads must divide num_heads = 2, got 3"});
+  expect_error<std::invalid_argument>([&] { build(c); },
+                                      {"config.num_kv_heads must divide num_heads = 2, got 3"});
   c = good;
   c.num_heads = 3;
   c.num_kv_heads = 0;
-  expect_error<std::invalid_argument>([&] { build(c); }, {"config.head_dim is 0 (E / 2H)", "multiple of 6, got 32"});
+  expect_error<std::invalid_argument>([&] { build(c); },
+                                      {"config.head_dim is 0 (E / 2H)", "multiple of 6, got 32"});
   c = good;
   c.head_dim = 5;
-  expect_error<std::invalid_argument>([&] { build(c); }, {"config.rope needs an even head_dim, got 5"});
+  expect_error<std::invalid_argument>([&] { build(c); },
+                                      {"config.rope needs an even head_dim, got 5"});
   c = good;
   c.rope_theta = 0;
-  expect_error<std::invalid_argument>([&] { build(c); }, {"config.rope_theta must be finite and > 0, got 0"});
+  expect_error<std::invalid_argument>([&] { build(c); },
+                                      {"config.rope_theta must be finite and > 0, got 0"});
   c = good;
   c.layer = 0;
-  expect_error<std::invalid_argument>([&] { build(c); }, {"config.layer is 1-based, expected >= 1, got 0"});
+  expect_error<std::invalid_argument>([&] { build(c); },
+                                      {"config.layer is 1-based, expected >= 1, got 0"});
   c = good;
   c.threads = -2;
   expect_error<std::invalid_argument>([&] { build(c); }, {"config.threads must be >= 0, got -2"});
@@ -625,9 +664,12 @@ TEST(BlockErrors, ConfigValues) {
 }
 
 TEST(BlockErrors, WeightShapes) {
-  const DiffAttentionConfig config = diff_config(2, 1, 1, false, RopeStyle::none, LambdaMode::reference);
+  const DiffAttentionConfig config =
+      diff_config(2, 1, 1, false, RopeStyle::none, LambdaMode::reference);
   const auto good = diffattn::random_weights<float>(config, 1);
-  auto build = [&](const DiffAttentionWeights<float>& w) { MultiHeadDiffAttention<float>(config, w); };
+  auto build = [&](const DiffAttentionWeights<float>& w) {
+    MultiHeadDiffAttention<float>(config, w);
+  };
 
   auto w = good;
   w.q_proj.weight = Tensor<float, 2>({16, kEmbed});
@@ -636,24 +678,25 @@ TEST(BlockErrors, WeightShapes) {
       {"MultiHeadDiffAttention: 'weights.q_proj.weight' dimension 0 (2H·d): expected 32, got 16"});
   w = good;
   w.k_proj.weight = Tensor<float, 2>({16, 31});
-  expect_error<diffattn::shape_error>([&] { build(w); },
-                                      {"'weights.k_proj.weight' dimension 1 (E): expected 32, got 31"});
+  expect_error<diffattn::shape_error>(
+      [&] { build(w); }, {"'weights.k_proj.weight' dimension 1 (E): expected 32, got 31"});
   w = good;
   w.v_proj.bias = Tensor<float, 1>({4});
-  expect_error<diffattn::shape_error>([&] { build(w); },
-                                      {"'weights.v_proj.bias' dimension 0 (Hkv·2d): expected 16, got 4"});
+  expect_error<diffattn::shape_error>(
+      [&] { build(w); }, {"'weights.v_proj.bias' dimension 0 (Hkv·2d): expected 16, got 4"});
   w = good;
   w.out_proj.weight = Tensor<float, 2>({kEmbed, 16});
-  expect_error<diffattn::shape_error>([&] { build(w); },
-                                      {"'weights.out_proj.weight' dimension 1 (H·2d): expected 32, got 16"});
+  expect_error<diffattn::shape_error>(
+      [&] { build(w); }, {"'weights.out_proj.weight' dimension 1 (H·2d): expected 32, got 16"});
   w = good;
   w.lambda_k2 = Tensor<float, 2>({2, 8});
   expect_error<diffattn::shape_error>(
-      [&] { build(w); }, {"'weights.lambda_k2' dimension 0 (1: one λ for all heads): expected 1, got 2"});
+      [&] { build(w); },
+      {"'weights.lambda_k2' dimension 0 (1: one λ for all heads): expected 1, got 2"});
   w = good;
   w.subln_weight = Tensor<float, 1>();
-  expect_error<diffattn::shape_error>([&] { build(w); },
-                                      {"'weights.subln_weight' dimension 0 (2d): expected 16, got 0"});
+  expect_error<diffattn::shape_error>(
+      [&] { build(w); }, {"'weights.subln_weight' dimension 0 (2d): expected 16, got 0"});
 
   DiffAttentionConfig v2 = config;
   v2.lambda = LambdaMode::v2;
@@ -668,18 +711,20 @@ TEST(BlockErrors, WeightShapes) {
 }
 
 TEST(BlockErrors, ForwardInputsAndCaches) {
-  const DiffAttentionConfig config = diff_config(2, 1, 1, true, RopeStyle::half, LambdaMode::reference);
+  const DiffAttentionConfig config =
+      diff_config(2, 1, 1, true, RopeStyle::half, LambdaMode::reference);
   const MultiHeadDiffAttention<float> block(config, diffattn::random_weights<float>(config, 1));
   const Tensor<float, 3> narrow({1, 3, 16});
-  expect_error<diffattn::shape_error>([&] { block.forward(narrow); },
-                                      {"MultiHeadDiffAttention::forward: 'x' dimension 2 (E): expected 32, got 16"});
+  expect_error<diffattn::shape_error>(
+      [&] { block.forward(narrow); },
+      {"MultiHeadDiffAttention::forward: 'x' dimension 2 (E): expected 32, got 16"});
 
   const Tensor<float, 3> x({2, 3, kEmbed}, 0.25f);
   auto cache = block.make_cache(2, 4);
   block.forward(x, cache);
-  expect_error<diffattn::shape_error>(
-      [&] { block.forward(x, cache); },
-      {"forward(x, cache): 'x' dimension 1 (N): the cache holds 3 of 4 tokens, so at most 1 more fit, got 3"});
+  expect_error<diffattn::shape_error>([&] { block.forward(x, cache); },
+                                      {"forward(x, cache): 'x' dimension 1 (N): the cache holds 3 "
+                                       "of 4 tokens, so at most 1 more fit, got 3"});
   EXPECT_EQ(cache.length(), 3);  // unchanged by the failed call
 
   auto other_batch = block.make_cache(1, 4);
@@ -695,7 +740,8 @@ TEST(BlockErrors, ForwardInputsAndCaches) {
 
 TEST(BlockErrors, FromSafetensors) {
   const SafeTensors file = SafeTensors::load(fixture_path("diff_per_head_prefix_bias"));
-  const DiffAttentionConfig config = diff_config(2, 1, 5, true, RopeStyle::interleaved, LambdaMode::per_head);
+  const DiffAttentionConfig config =
+      diff_config(2, 1, 5, true, RopeStyle::interleaved, LambdaMode::per_head);
   // Without the prefix nothing is found; the message names the tensor.
   expect_error<diffattn::safetensors_error>(
       [&] { MultiHeadDiffAttention<float>::from_safetensors(config, file); }, {"q_proj.weight"});

@@ -84,7 +84,8 @@ TEST(KVCacheErrors, OverflowThrowsAndKeepsTheCache) {
 TEST(KVCacheErrors, ShapeMismatches) {
   KVCache<float> cache(2, 4, 2, 8, 1, 16);
   Tensor<float, 4> keys({2, 1, 2, 8}), values({2, 1, 1, 16});
-  Tensor<float, 4> wrong_batch({1, 1, 2, 8}), wrong_width({2, 1, 2, 4}), wrong_tokens({2, 2, 1, 16});
+  Tensor<float, 4> wrong_batch({1, 1, 2, 8}), wrong_width({2, 1, 2, 4}),
+      wrong_tokens({2, 2, 1, 16});
   try {
     cache.append(wrong_width, values);
     ADD_FAILURE() << "wrong key width accepted";

@@ -121,12 +121,12 @@ TEST(RmsNormErrors, RejectsBadArguments) {
   EXPECT_THROW(rms_norm<float>(x, weight, std::nan(""), out.view()), std::invalid_argument);
   // Partly overlapping input and output would read values already normalised.
   Tensor<float, 2> buffer({3, 4});
-  EXPECT_THROW(rms_norm<float>(buffer.view().slice(0, 0, 2), weight, 1e-5,
-                               buffer.view().slice(0, 1, 3)),
-               diffattn::shape_error);
-  EXPECT_THROW(rms_norm<float>(x, weight, 1e-5, diffattn::TensorView<float, 2>(
-                                                    weight.data(), {1, 4})),
-               diffattn::shape_error);
+  EXPECT_THROW(
+      rms_norm<float>(buffer.view().slice(0, 0, 2), weight, 1e-5, buffer.view().slice(0, 1, 3)),
+      diffattn::shape_error);
+  EXPECT_THROW(
+      rms_norm<float>(x, weight, 1e-5, diffattn::TensorView<float, 2>(weight.data(), {1, 4})),
+      diffattn::shape_error);
 }
 
 }  // namespace

@@ -198,25 +198,22 @@ template <class... Parts>
 
 /// Checks the fields both configs share; returns the resolved kv heads and head width.
 inline std::pair<index_t, index_t> resolve_heads(const char* block, index_t embed_dim,
-                                                 index_t heads, index_t kv_heads,
-                                                 index_t head_dim, index_t heads_per_width,
-                                                 RopeStyle rope, double rope_theta,
-                                                 int threads) {
+                                                 index_t heads, index_t kv_heads, index_t head_dim,
+                                                 index_t heads_per_width, RopeStyle rope,
+                                                 double rope_theta, int threads) {
   if (embed_dim <= 0) throw_config_error(block, "embed_dim must be > 0, got ", embed_dim);
   if (heads <= 0) throw_config_error(block, "num_heads must be > 0, got ", heads);
   if (kv_heads < 0) throw_config_error(block, "num_kv_heads must be >= 0, got ", kv_heads);
   if (kv_heads == 0) kv_heads = heads;
   if (heads % kv_heads != 0) {
-    throw_config_error(block, "num_kv_heads must divide num_heads = ", heads, ", got ",
-                       kv_heads);
+    throw_config_error(block, "num_kv_heads must divide num_heads = ", heads, ", got ", kv_heads);
   }
   if (head_dim < 0) throw_config_error(block, "head_dim must be >= 0, got ", head_dim);
   if (head_dim == 0) {
     const index_t parts = heads_per_width * heads;
     if (embed_dim % parts != 0) {
       throw_config_error(block, "head_dim is 0 (E / ", heads_per_width == 2 ? "2H" : "H",
-                         "), so embed_dim must be a multiple of ", parts, ", got ",
-                         embed_dim);
+                         "), so embed_dim must be a multiple of ", parts, ", got ", embed_dim);
     }
     head_dim = embed_dim / parts;
   }
@@ -233,17 +230,16 @@ inline std::pair<index_t, index_t> resolve_heads(const char* block, index_t embe
 /// The config with num_kv_heads and head_dim filled in; throws std::invalid_argument.
 inline AttentionConfig resolve_config(AttentionConfig config) {
   std::tie(config.num_kv_heads, config.head_dim) =
-      resolve_heads("MultiHeadAttention", config.embed_dim, config.num_heads,
-                    config.num_kv_heads, config.head_dim, 1, config.rope, config.rope_theta,
-                    config.threads);
+      resolve_heads("MultiHeadAttention", config.embed_dim, config.num_heads, config.num_kv_heads,
+                    config.head_dim, 1, config.rope, config.rope_theta, config.threads);
   return config;
 }
 
 inline DiffAttentionConfig resolve_config(DiffAttentionConfig config) {
   constexpr const char* block = "MultiHeadDiffAttention";
   std::tie(config.num_kv_heads, config.head_dim) =
-      resolve_heads(block, config.embed_dim, config.num_heads, config.num_kv_heads,
-                    config.head_dim, 2, config.rope, config.rope_theta, config.threads);
+      resolve_heads(block, config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim,
+                    2, config.rope, config.rope_theta, config.threads);
   if (config.layer < 1) {
     throw_config_error(block, "layer is 1-based, expected >= 1, got ", config.layer);
   }
@@ -280,9 +276,8 @@ inline BlockShape block_shape(const DiffAttentionConfig& c) {
 }
 
 template <class T>
-void check_linear(const char* block, const char* name, const Linear<T>& layer,
-                  index_t out_features, const char* out_name, index_t in_features,
-                  const char* in_name) {
+void check_linear(const char* block, const char* name, const Linear<T>& layer, index_t out_features,
+                  const char* out_name, index_t in_features, const char* in_name) {
   const std::string weight = concat("weights.", name, ".weight");
   check_extent(block, weight.c_str(), 0, out_name, out_features, layer.weight.extent(0));
   check_extent(block, weight.c_str(), 1, in_name, in_features, layer.weight.extent(1));
@@ -297,8 +292,8 @@ void check_linear(const char* block, const char* name, const Linear<T>& layer,
 /// this one has a compile-time inner stride of 1, so the GEMM reads it in place.
 template <class T>
 auto row_major_map(TensorView<T, 2> view) {
-  using Plain = Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic,
-                              Eigen::RowMajor>;
+  using Plain =
+      Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Matrix = std::conditional_t<std::is_const_v<T>, const Plain, Plain>;
   if (view.extent(1) > 1 && view.stride(1) != 1) {
     throw_shape_error("row_major_map: expected contiguous rows, got a column stride of ",
@@ -338,18 +333,17 @@ TensorView<const T, 2> token_rows(const char* fn, TensorView<const T, 3> x, inde
 }
 
 template <class T>
-void check_cache(const char* fn, const KVCache<T>& cache, const BlockShape& shape,
-                 index_t batch, index_t tokens) {
+void check_cache(const char* fn, const KVCache<T>& cache, const BlockShape& shape, index_t batch,
+                 index_t tokens) {
   if (cache.batch() != batch || cache.key_heads() != shape.key_heads ||
       cache.key_dim() != shape.head_dim || cache.value_heads() != shape.value_heads ||
       cache.value_dim() != shape.value_dim) {
     throw_shape_error(fn, ": 'cache' does not fit this block and batch: it holds keys [B=",
-                      cache.batch(), ", heads=", cache.key_heads(), ", width=",
-                      cache.key_dim(), "] and values [heads=", cache.value_heads(),
-                      ", width=", cache.value_dim(), "], expected keys [B=", batch,
-                      ", heads=", shape.key_heads, ", width=", shape.head_dim,
-                      "] and values [heads=", shape.value_heads, ", width=", shape.value_dim,
-                      "] (make_cache builds a matching one)");
+                      cache.batch(), ", heads=", cache.key_heads(), ", width=", cache.key_dim(),
+                      "] and values [heads=", cache.value_heads(), ", width=", cache.value_dim(),
+                      "], expected keys [B=", batch, ", heads=", shape.key_heads,
+                      ", width=", shape.head_dim, "] and values [heads=", shape.value_heads,
+                      ", width=", shape.value_dim, "] (make_cache builds a matching one)");
   }
   if (tokens > cache.remaining()) {
     throw_shape_error(fn, ": 'x' dimension 1 (N): the cache holds ", cache.length(), " of ",
@@ -379,9 +373,12 @@ ProjectedTokens<T> project_tokens(const BlockShape& shape, RopeStyle rope, doubl
   p.k = Tensor<T, 4>({batch, tokens, shape.key_heads, shape.head_dim});
   p.v = Tensor<T, 4>({batch, tokens, shape.value_heads, shape.value_dim});
   const index_t count = batch * tokens;
-  apply_linear(rows, q_proj, p.q.view().template reshape<2>({count, shape.query_heads * shape.head_dim}));
-  apply_linear(rows, k_proj, p.k.view().template reshape<2>({count, shape.key_heads * shape.head_dim}));
-  apply_linear(rows, v_proj, p.v.view().template reshape<2>({count, shape.value_heads * shape.value_dim}));
+  apply_linear(rows, q_proj,
+               p.q.view().template reshape<2>({count, shape.query_heads * shape.head_dim}));
+  apply_linear(rows, k_proj,
+               p.k.view().template reshape<2>({count, shape.key_heads * shape.head_dim}));
+  apply_linear(rows, v_proj,
+               p.v.view().template reshape<2>({count, shape.value_heads * shape.value_dim}));
   const index_t position = cache != nullptr ? cache->length() : 0;
   apply_rope(p.q.view(), position, rope, rope_theta);
   apply_rope(p.k.view(), position, rope, rope_theta);
@@ -437,8 +434,9 @@ void load_projections(const SafeTensors& file, const std::string& prefix, const 
   w.out_proj = load_linear<T>(file, prefix + out_name, E, s.output_heads * s.value_dim);
 }
 
-/// Deterministic on every platform (std::mt19937_64 is fully specified; the standard's
-/// distributions are not), for random_weights.
+/// The same draws on every platform for a seed (std::mt19937_64 is fully specified; the
+/// standard's distributions are not), for random_weights. Uniform values are exact;
+/// normal ones go through libm's log and cos, so may differ in the last bit.
 class WeightGenerator {
  public:
   explicit WeightGenerator(std::uint64_t seed) : engine_(seed) {}
@@ -500,15 +498,16 @@ class MultiHeadAttention {
   /// Validates the config (std::invalid_argument) and the weight shapes
   /// (diffattn::shape_error), naming the field, expected and got.
   MultiHeadAttention(const AttentionConfig& config, AttentionWeights<T> weights)
-      : config_(detail::resolve_config(config)), shape_(detail::block_shape(config_)), weights_(std::move(weights)) {
+      : config_(detail::resolve_config(config)),
+        shape_(detail::block_shape(config_)),
+        weights_(std::move(weights)) {
     detail::check_projections(block_name, shape_, weights_);
   }
 
   /// Loads `prefix` + `q_proj.weight`, `k_proj.weight`, `v_proj.weight`,
   /// `out_proj.weight` (and `.bias` where present). Throws diffattn::safetensors_error
   /// for a missing tensor or a wrong shape.
-  static MultiHeadAttention from_safetensors(const AttentionConfig& config,
-                                             const SafeTensors& file,
+  static MultiHeadAttention from_safetensors(const AttentionConfig& config, const SafeTensors& file,
                                              const std::string& prefix = "") {
     const AttentionConfig c = detail::resolve_config(config);
     const detail::BlockShape s = detail::block_shape(c);
@@ -548,17 +547,17 @@ class MultiHeadAttention {
     const auto rows = detail::token_rows(fn, x, shape_.embed_dim, scratch);
     const index_t batch = x.extent(0), tokens = x.extent(1);
     if (cache != nullptr) detail::check_cache(fn, *cache, shape_, batch, tokens);
-    const auto p = detail::project_tokens(shape_, config_.rope, config_.rope_theta, rows, batch,
-                                          tokens, weights_.q_proj, weights_.k_proj,
-                                          weights_.v_proj, cache);
+    const auto p =
+        detail::project_tokens(shape_, config_.rope, config_.rope_theta, rows, batch, tokens,
+                               weights_.q_proj, weights_.k_proj, weights_.v_proj, cache);
     AttentionOptions<T> options;
     options.causal = config_.causal;
     options.threads = config_.threads;
     // The kernel writes [B, H, N, d] through a permuted view of the [B, N, H, d] buffer
     // the output projection reads.
     Tensor<T, 4> heads({batch, tokens, shape_.output_heads, shape_.value_dim});
-    softmax_attention<T>(bnhd_to_bhnd(p.q.view()), bnhd_to_bhnd(p.keys),
-                         bnhd_to_bhnd(p.values), bnhd_to_bhnd(heads.view()), options);
+    softmax_attention<T>(bnhd_to_bhnd(p.q.view()), bnhd_to_bhnd(p.keys), bnhd_to_bhnd(p.values),
+                         bnhd_to_bhnd(heads.view()), options);
     return detail::project_output<T>(heads.view(), weights_.out_proj, shape_.embed_dim);
   }
 
@@ -580,7 +579,9 @@ class MultiHeadDiffAttention {
   /// Validates the config (std::invalid_argument) and the weight shapes
   /// (diffattn::shape_error), naming the field, expected and got.
   MultiHeadDiffAttention(const DiffAttentionConfig& config, DiffAttentionWeights<T> weights)
-      : config_(detail::resolve_config(config)), shape_(detail::block_shape(config_)), weights_(std::move(weights)) {
+      : config_(detail::resolve_config(config)),
+        shape_(detail::block_shape(config_)),
+        weights_(std::move(weights)) {
     const index_t d = shape_.head_dim, H = config_.num_heads;
     detail::check_projections(block_name, shape_, weights_);
     if (config_.lambda == LambdaMode::v2) {
@@ -589,11 +590,12 @@ class MultiHeadDiffAttention {
       return;
     }
     const index_t lambda_rows = config_.lambda == LambdaMode::per_head ? H : 1;
-    const char* rows_name =
-        config_.lambda == LambdaMode::per_head ? "H" : "1: one λ for all heads";
+    const char* rows_name = config_.lambda == LambdaMode::per_head ? "H" : "1: one λ for all heads";
     const std::pair<const char*, const Tensor<T, 2>*> vectors[4] = {
-        {"weights.lambda_q1", &weights_.lambda_q1}, {"weights.lambda_k1", &weights_.lambda_k1},
-        {"weights.lambda_q2", &weights_.lambda_q2}, {"weights.lambda_k2", &weights_.lambda_k2}};
+        {"weights.lambda_q1", &weights_.lambda_q1},
+        {"weights.lambda_k1", &weights_.lambda_k1},
+        {"weights.lambda_q2", &weights_.lambda_q2},
+        {"weights.lambda_k2", &weights_.lambda_k2}};
     for (const auto& [name, tensor] : vectors) {
       detail::check_extent(block_name, name, 0, rows_name, lambda_rows, tensor->extent(0));
       detail::check_extent(block_name, name, 1, "d", d, tensor->extent(1));
@@ -603,14 +605,13 @@ class MultiHeadDiffAttention {
 
     lambda_init_ = diffattn::lambda_init(config_.layer);
     lambda_ = Tensor<T, 1>({lambda_rows});
-    lambda_reparam(weights_.lambda_q1.view(), weights_.lambda_k1.view(),
-                   weights_.lambda_q2.view(), weights_.lambda_k2.view(), lambda_init_,
-                   lambda_.view());
+    lambda_reparam(weights_.lambda_q1.view(), weights_.lambda_k1.view(), weights_.lambda_q2.view(),
+                   weights_.lambda_k2.view(), lambda_init_, lambda_.view());
     // (RMSNorm(x)·w)·(1 − λ_init) = RMSNorm(x)·(w·(1 − λ_init)): one pass instead of two.
     scaled_subln_ = Tensor<T, 1>({2 * d});
     for (index_t c = 0; c < 2 * d; ++c) {
-      scaled_subln_(c) = static_cast<T>(static_cast<double>(weights_.subln_weight(c)) *
-                                        (1 - lambda_init_));
+      scaled_subln_(c) =
+          static_cast<T>(static_cast<double>(weights_.subln_weight(c)) * (1 - lambda_init_));
     }
   }
 
@@ -686,9 +687,9 @@ class MultiHeadDiffAttention {
     const auto rows = detail::token_rows(fn, x, shape_.embed_dim, scratch);
     const index_t batch = x.extent(0), tokens = x.extent(1);
     if (cache != nullptr) detail::check_cache(fn, *cache, shape_, batch, tokens);
-    const auto p = detail::project_tokens(shape_, config_.rope, config_.rope_theta, rows, batch,
-                                          tokens, weights_.q_proj, weights_.k_proj,
-                                          weights_.v_proj, cache);
+    const auto p =
+        detail::project_tokens(shape_, config_.rope, config_.rope_theta, rows, batch, tokens,
+                               weights_.q_proj, weights_.k_proj, weights_.v_proj, cache);
     AttentionOptions<T> options;
     options.causal = config_.causal;
     options.threads = config_.threads;
@@ -716,8 +717,8 @@ class MultiHeadDiffAttention {
       const auto [k1, k2] = interleaved_pairs(p.keys);
       diff_attention<T>(q1, q2, k1, k2, values, lambda_.view(), bnhd_to_bhnd(heads.view()),
                         options);
-      const auto head_rows =
-          heads.view().template reshape<2>({batch * tokens * shape_.output_heads, shape_.value_dim});
+      const auto head_rows = heads.view().template reshape<2>(
+          {batch * tokens * shape_.output_heads, shape_.value_dim});
       rms_norm<T>(head_rows, scaled_subln_.view(), subln_eps, head_rows);
     }
     return detail::project_output<T>(heads.view(), weights_.out_proj, shape_.embed_dim);
@@ -743,9 +744,10 @@ AttentionWeights<T> random_weights(const AttentionConfig& config, std::uint64_t 
 }
 
 /// Deterministic random weights for a differential block in the config's λ mode, the
-/// same on every platform for a given seed: projections as nn.Linear's default
-/// uniform(±1/√fan_in) without biases, λ vectors normal(0, 0.1) and subln.weight ones
-/// as the reference code initialises them. For tests and examples.
+/// same on every platform for a given seed (λ vectors up to libm's last bit):
+/// projections as nn.Linear's default uniform(±1/√fan_in) without biases, λ vectors
+/// normal(0, 0.1) and subln.weight ones as the reference code initialises them. For
+/// tests and examples.
 template <class T>
 DiffAttentionWeights<T> random_weights(const DiffAttentionConfig& config, std::uint64_t seed) {
   const DiffAttentionConfig c = detail::resolve_config(config);

@@ -25,8 +25,8 @@ class KVCache {
   /// An empty cache for up to `capacity` tokens per sequence: keys [B, capacity,
   /// key_heads, key_dim], values [B, capacity, value_heads, value_dim]. Throws
   /// std::invalid_argument for a negative extent.
-  KVCache(index_t batch, index_t capacity, index_t key_heads, index_t key_dim,
-          index_t value_heads, index_t value_dim)
+  KVCache(index_t batch, index_t capacity, index_t key_heads, index_t key_dim, index_t value_heads,
+          index_t value_dim)
       : keys_(checked_shape({batch, capacity, key_heads, key_dim}, key_names)),
         values_(checked_shape({batch, capacity, value_heads, value_dim}, value_names)) {}
 
@@ -66,15 +66,14 @@ class KVCache {
 
  private:
   static constexpr const char* key_names[4] = {"batch", "capacity", "key_heads", "key_dim"};
-  static constexpr const char* value_names[4] = {"batch", "capacity", "value_heads",
-                                                 "value_dim"};
+  static constexpr const char* value_names[4] = {"batch", "capacity", "value_heads", "value_dim"};
 
   static std::array<index_t, 4> checked_shape(const std::array<index_t, 4>& shape,
                                               const char* const* names) {
     for (std::size_t d = 0; d < 4; ++d) {
       if (shape[d] < 0) {
-        throw std::invalid_argument(detail::concat("diffattn: KVCache: ", names[d],
-                                                   " must be >= 0, got ", shape[d]));
+        throw std::invalid_argument(
+            detail::concat("diffattn: KVCache: ", names[d], " must be >= 0, got ", shape[d]));
       }
     }
     return shape;
@@ -91,8 +90,8 @@ class KVCache {
     detail::check_extent(fn, "values", 1, "n", key_shape[1], value_shape[1]);
     if (key_shape[1] > remaining()) {
       detail::throw_shape_error(fn, ": 'keys' dimension 1 (n): the cache holds ", length_, " of ",
-                                capacity(), " tokens, so at most ", remaining(),
-                                " more fit, got ", key_shape[1]);
+                                capacity(), " tokens, so at most ", remaining(), " more fit, got ",
+                                key_shape[1]);
     }
   }
 

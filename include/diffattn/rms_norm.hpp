@@ -19,8 +19,7 @@ namespace diffattn {
 /// x [R, D], weight [D], out [R, D]; any strides.
 template <class T>
 void rms_norm(detail::identity_t<TensorView<const T, 2>> x,
-              detail::identity_t<TensorView<const T, 1>> weight, double eps,
-              TensorView<T, 2> out) {
+              detail::identity_t<TensorView<const T, 1>> weight, double eps, TensorView<T, 2> out) {
   constexpr const char* fn = "rms_norm";
   const index_t rows = x.extent(0), width = x.extent(1);
   detail::check_extent(fn, "weight", 0, "D", width, weight.extent(0));
@@ -33,8 +32,8 @@ void rms_norm(detail::identity_t<TensorView<const T, 2>> x,
   detail::check_output(fn, "out", out);
   // In place is safe: a row is read in full (for its mean) before any of it is written,
   // and each output element depends only on the same element of x.
-  const bool in_place = static_cast<const T*>(out.data()) == x.data() &&
-                        out.strides() == x.strides();
+  const bool in_place =
+      static_cast<const T*>(out.data()) == x.data() && out.strides() == x.strides();
   if (!in_place) detail::check_no_alias(fn, "out", out, "x", x);
   detail::check_no_alias(fn, "out", out, "weight", weight);
 
