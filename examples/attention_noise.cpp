@@ -24,11 +24,11 @@ namespace {
 using diffattn::index_t;
 using diffattn::Tensor;
 
-constexpr index_t keys = 64;       // 1 needle + 63 distractors
-constexpr index_t needle = 41;     // anywhere; not first, to show nothing depends on it
-constexpr index_t d = 16;          // head width; the kernels' default scale is 1/√d
-constexpr index_t common = 0;      // dimension of the common-mode direction
-constexpr index_t specific = 1;    // dimension only the needle's key shares with q1
+constexpr index_t keys = 64;     // 1 needle + 63 distractors
+constexpr index_t needle = 41;   // anywhere; not first, to show nothing depends on it
+constexpr index_t d = 16;        // head width; the kernels' default scale is 1/√d
+constexpr index_t common = 0;    // dimension of the common-mode direction
+constexpr index_t specific = 1;  // dimension only the needle's key shares with q1
 
 struct Masses {
   double needle = 0;
@@ -92,15 +92,17 @@ int main() {
   const double lambda_value = diffattn::lambda_init(layer);
   Tensor<float, 1> lambda({1}, static_cast<float>(lambda_value));
 
-  Tensor<float, 4> standard({1, 1, 1, keys}), differential({1, 1, 1, keys}), second_map({1, 1, 1, keys});
+  Tensor<float, 4> standard({1, 1, 1, keys}), differential({1, 1, 1, keys}),
+      second_map({1, 1, 1, keys});
   diffattn::softmax_attention(q1, k, v, standard.view());
   diffattn::diff_attention(q1, q2, k, k, v, lambda, differential.view());
   diffattn::softmax_attention(q2, k, v, second_map.view());  // p2 alone, for the table
 
   const Masses s = masses(standard), p2 = masses(second_map), diff = masses(differential);
 
-  std::printf("One query, 1 needle among %td distractors (d = %td); lambda = lambda_init(%d) = %.4f\n\n",
-              keys - 1, d, layer, lambda_value);
+  std::printf(
+      "One query, 1 needle among %td distractors (d = %td); lambda = lambda_init(%d) = %.4f\n\n",
+      keys - 1, d, layer, lambda_value);
   std::printf("%-28s %9s %12s %12s %9s\n", "attention weights", "needle", "distractors",
               "distr. |w|", "sum");
   print_row("standard softmax(S1)", s);
@@ -109,12 +111,14 @@ int main() {
   // The weights sum to 1 − λ; the block's per-head normalization removes that scale, so
   // shares of the total are what compare with softmax.
   print_row("  as shares (/ sum)", diff, diff.total);
-  std::printf("(differential weights sum to 1 - lambda; the block's per-head norm removes that\n"
-              " scale, so their shares are what compares with softmax)\n");
-  std::printf("\nneedle share: %.1f%% standard -> %.1f%% differential; distractor share: "
-              "%.1f%% -> %.1f%%\n",
-              100 * s.needle, 100 * diff.needle / diff.total, 100 * s.distractors,
-              100 * diff.distractors / diff.total);
+  std::printf(
+      "(differential weights sum to 1 - lambda; the block's per-head norm removes that\n"
+      " scale, so their shares are what compares with softmax)\n");
+  std::printf(
+      "\nneedle share: %.1f%% standard -> %.1f%% differential; distractor share: "
+      "%.1f%% -> %.1f%%\n",
+      100 * s.needle, 100 * diff.needle / diff.total, 100 * s.distractors,
+      100 * diff.distractors / diff.total);
 
   // Outside the convex hull: find the output coordinate farthest outside [min, max] of
   // its value column (every column of the identity spans [0, 1]).
@@ -128,19 +132,21 @@ int main() {
       worst_column = j;
     }
   }
-  std::printf("\ndifferential out[%td] = %.5f, outside [min, max] = [0, 1] of value column %td:\n"
-              "weights p1 - lambda*p2 can be negative, so the output is no convex combination "
-              "of the values (softmax's always is).\n",
-              worst_column, static_cast<double>(differential(0, 0, 0, worst_column)), worst_column);
+  std::printf(
+      "\ndifferential out[%td] = %.5f, outside [min, max] = [0, 1] of value column %td:\n"
+      "weights p1 - lambda*p2 can be negative, so the output is no convex combination "
+      "of the values (softmax's always is).\n",
+      worst_column, static_cast<double>(differential(0, 0, 0, worst_column)), worst_column);
 
   const bool needle_up = diff.needle / diff.total > s.needle;
   const bool distractors_down = std::abs(diff.distractors / diff.total) < s.distractors &&
                                 diff.distractors_abs / diff.total < s.distractors_abs;
   const bool outside_hull = worst_excess > 1e-4;
   if (!needle_up || !distractors_down || !outside_hull) {
-    std::printf("\nFAILED: the effect did not show (needle share up: %d, distractor share down: %d, "
-                "output outside the hull: %d)\n",
-                needle_up, distractors_down, outside_hull);
+    std::printf(
+        "\nFAILED: the effect did not show (needle share up: %d, distractor share down: %d, "
+        "output outside the hull: %d)\n",
+        needle_up, distractors_down, outside_hull);
     return 1;
   }
   return 0;

@@ -46,7 +46,8 @@ const std::filesystem::path test_source_dir = DIFFATTN_TEST_SOURCE_DIR;
 Bytes make_file(const std::string& header, const Bytes& data = {}) {
   Bytes file(8);
   std::uint64_t length = header.size();
-  for (int i = 0; i < 8; ++i) file[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(length >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    file[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(length >> (8 * i));
   file.insert(file.end(), header.begin(), header.end());
   file.insert(file.end(), data.begin(), data.end());
   return file;
@@ -98,7 +99,9 @@ void expect_error(F&& fn, std::initializer_list<std::string> parts) {
 
 /// Expects parse() to reject `file`, naming the source "bad.safetensors" and each part.
 void expect_parse_error(const Bytes& file, std::initializer_list<std::string> parts) {
-  SCOPED_TRACE(std::string(file.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(8, file.size())), file.end()));
+  SCOPED_TRACE(
+      std::string(file.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(8, file.size())),
+                  file.end()));
   expect_error([&] { (void)SafeTensors::parse(file, "bad.safetensors"); }, parts);
   // The source name is in every message.
   expect_error([&] { (void)SafeTensors::parse(file, "bad.safetensors"); }, {"bad.safetensors"});
@@ -244,8 +247,8 @@ TEST(SafeTensorsWriter, EmptyWriterGivesAValidFile) {
 TEST(SafeTensorsFile, SaveThenLoad) {
   const std::filesystem::path path =
       std::filesystem::temp_directory_path() /
-      ("diffattn_test_safetensors_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-       ".safetensors");
+      ("diffattn_test_safetensors_" +
+       std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + ".safetensors");
   Tensor<float, 2> t({2, 3});
   for (index_t i = 0; i < t.size(); ++i) t.data()[i] = static_cast<float>(i) - 2.5f;
   SafeTensorsWriter writer;
@@ -268,14 +271,15 @@ TEST(SafeTensorsFile, SaveThenLoad) {
 TEST(SafeTensorsFormat, ReferenceImplementationsTestFile) {
   // The bytes of the format's reference implementation's own deserialization test:
   // length 0x3c, a 2x2 I32 tensor "test" of zeros.
-  const std::string raw =
-      std::string("<\x00\x00\x00\x00\x00\x00\x00", 8) +
-      "{\"test\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}" + std::string(16, '\0');
+  const std::string raw = std::string("<\x00\x00\x00\x00\x00\x00\x00", 8) +
+                          "{\"test\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}" +
+                          std::string(16, '\0');
   const SafeTensors st = SafeTensors::parse(Bytes(raw.begin(), raw.end()));
   EXPECT_EQ(st.names(), std::vector<std::string>{"test"});
   EXPECT_EQ(st.dtype("test"), DType::i32);
   EXPECT_EQ(st.shape("test"), (std::vector<index_t>{2, 2}));
-  expect_error([&] { (void)st.tensor<float, 2>("test"); }, {"'test'", "dtype I32", "does not convert"});
+  expect_error([&] { (void)st.tensor<float, 2>("test"); },
+               {"'test'", "dtype I32", "does not convert"});
 }
 
 TEST(SafeTensorsFormat, FileAsPyTorchWritesIt) {
@@ -320,9 +324,10 @@ TEST(SafeTensorsFormat, FileWrittenByNumpy) {
   const Bytes file = read_file(test_source_dir / "fixtures/safetensors/numpy.safetensors");
   ASSERT_FALSE(file.empty()) << "missing tests/fixtures/safetensors/numpy.safetensors";
   const SafeTensors st = SafeTensors::parse(file, "numpy.safetensors");
-  EXPECT_EQ(st.names(), (std::vector<std::string>{"layers.0.attn.lambda_k1", "layers.0.attn.lambda_q1",
-                                                  "layers.0.attn.q_proj.weight",
-                                                  "layers.0.attn.q_proj.weight.f16", "scalar", "tokens"}));
+  EXPECT_EQ(st.names(),
+            (std::vector<std::string>{"layers.0.attn.lambda_k1", "layers.0.attn.lambda_q1",
+                                      "layers.0.attn.q_proj.weight",
+                                      "layers.0.attn.q_proj.weight.f16", "scalar", "tokens"}));
   EXPECT_EQ(st.metadata().at("writer"), "numpy");
   EXPECT_EQ(st.dtype("tokens"), DType::i64);
   EXPECT_EQ(st.dtype("scalar"), DType::f64);
@@ -405,8 +410,10 @@ TEST(SafeTensorsFormat, IntegerTensorsAreListedButDoNotConvert) {
     DType parsed{};
     ASSERT_TRUE(diffattn::detail::parse_dtype(dtype, parsed));
     const std::size_t size = diffattn::dtype_size(parsed);
-    const std::string header = "{" + entry("ids", dtype, "[2]", "[0," + std::to_string(2 * size) + "]") + "}";
-    const SafeTensors st = SafeTensors::parse(make_file(header, zeros(2 * size)), "ids.safetensors");
+    const std::string header =
+        "{" + entry("ids", dtype, "[2]", "[0," + std::to_string(2 * size) + "]") + "}";
+    const SafeTensors st =
+        SafeTensors::parse(make_file(header, zeros(2 * size)), "ids.safetensors");
     EXPECT_EQ(st.dtype("ids"), parsed);
     EXPECT_EQ(diffattn::dtype_name(parsed), dtype);
     expect_error([&] { (void)st.tensor<float, 1>("ids"); },
@@ -452,7 +459,8 @@ double bfloat16_reference(std::uint16_t bits, bool& is_nan) {
 /// A file with one tensor holding all 65536 16-bit patterns, in order.
 SafeTensors all_patterns_file(const std::string& dtype) {
   Bytes data;
-  for (std::uint32_t bits = 0; bits <= 0xFFFF; ++bits) append_le(data, static_cast<std::uint16_t>(bits));
+  for (std::uint32_t bits = 0; bits <= 0xFFFF; ++bits)
+    append_le(data, static_cast<std::uint16_t>(bits));
   const std::string header = "{" + entry("all", dtype, "[65536]", "[0,131072]") + "}";
   return SafeTensors::parse(make_file(header, data));
 }
@@ -470,8 +478,9 @@ void check_all_patterns(const Tensor<T, 1>& got, double (*reference)(std::uint16
       EXPECT_EQ(std::signbit(value), (bits & 0x8000) != 0) << std::hex << "pattern 0x" << bits;
       const std::uint64_t payload_mask = (std::uint64_t{1} << mantissa_bits) - 1;
       const std::uint64_t payload =
-          std::is_same_v<T, float> ? (bits_of(static_cast<float>(value)) >> (23 - mantissa_bits)) & payload_mask
-                                   : (bits_of(static_cast<double>(value)) >> (52 - mantissa_bits)) & payload_mask;
+          std::is_same_v<T, float>
+              ? (bits_of(static_cast<float>(value)) >> (23 - mantissa_bits)) & payload_mask
+              : (bits_of(static_cast<double>(value)) >> (52 - mantissa_bits)) & payload_mask;
       EXPECT_EQ(payload, bits & payload_mask) << std::hex << "pattern 0x" << bits;
     } else {
       // Exact, signed zeros included.
@@ -515,7 +524,8 @@ TEST(SafeTensorsErrors, HeaderLengthPastTheEndOrAbsurd) {
   expect_parse_error(huge, {"header length 18446744073709551615", "limit"});
   Bytes just_over(8, 0);
   const std::uint64_t over = SafeTensors::max_header_size + 1;
-  for (int i = 0; i < 8; ++i) just_over[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(over >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    just_over[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(over >> (8 * i));
   expect_parse_error(just_over, {"100000001", "limit"});
 }
 
@@ -546,10 +556,12 @@ TEST(SafeTensorsErrors, MissingOrIllTypedFields) {
                      {"'w'", "no \"shape\""});
   expect_parse_error(make_file("{\"w\":{\"dtype\":\"F32\",\"shape\":[1]}}", zeros(4)),
                      {"'w'", "no \"data_offsets\""});
-  expect_parse_error(make_file("{\"w\":{\"dtype\":32,\"shape\":[1],\"data_offsets\":[0,4]}}", zeros(4)),
-                     {"'w'", "\"dtype\" of JSON type number", "expected a string"});
-  expect_parse_error(make_file("{\"w\":{\"dtype\":\"F32\",\"shape\":1,\"data_offsets\":[0,4]}}", zeros(4)),
-                     {"'w'", "\"shape\" of JSON type number", "expected an array"});
+  expect_parse_error(
+      make_file("{\"w\":{\"dtype\":32,\"shape\":[1],\"data_offsets\":[0,4]}}", zeros(4)),
+      {"'w'", "\"dtype\" of JSON type number", "expected a string"});
+  expect_parse_error(
+      make_file("{\"w\":{\"dtype\":\"F32\",\"shape\":1,\"data_offsets\":[0,4]}}", zeros(4)),
+      {"'w'", "\"shape\" of JSON type number", "expected an array"});
   for (const char* offsets : {"4", "[4]", "[0,4,8]", "[0,\"4\"]", "[-1,4]", "[0,4.0]", "null"}) {
     SCOPED_TRACE(offsets);
     expect_parse_error(make_file("{" + entry("w", "F32", "[1]", offsets) + "}", zeros(4)),
@@ -566,56 +578,67 @@ TEST(SafeTensorsErrors, UnknownDtype) {
 }
 
 TEST(SafeTensorsErrors, NegativeNonIntegerOrHugeShape) {
-  for (const char* shape : {"[-1]", "[2,-3]", "[1.5]", "[2.0]", "[\"2\"]", "[null]", "[[2]]", "[1e3]"}) {
+  for (const char* shape :
+       {"[-1]", "[2,-3]", "[1.5]", "[2.0]", "[\"2\"]", "[null]", "[[2]]", "[1e3]"}) {
     SCOPED_TRACE(shape);
     expect_parse_error(make_file("{" + entry("w", "F32", shape, "[0,4]") + "}", zeros(4)),
                        {"'w'", "\"shape\" entry", "expected a non-negative integer"});
   }
-  expect_parse_error(make_file("{" + entry("w", "F32", "[9223372036854775808]", "[0,4]") + "}", zeros(4)),
-                     {"'w'", "9223372036854775808", "too large"});
+  expect_parse_error(
+      make_file("{" + entry("w", "F32", "[9223372036854775808]", "[0,4]") + "}", zeros(4)),
+      {"'w'", "9223372036854775808", "too large"});
   // 2^62 · 2^62 overflows the element count; 2^62 · 4 bytes overflows the byte count.
   expect_parse_error(
-      make_file("{" + entry("w", "F32", "[4611686018427387904,4611686018427387904]", "[0,4]") + "}", zeros(4)),
+      make_file("{" + entry("w", "F32", "[4611686018427387904,4611686018427387904]", "[0,4]") + "}",
+                zeros(4)),
       {"'w'", "more elements than fit"});
-  expect_parse_error(make_file("{" + entry("w", "F32", "[4611686018427387904]", "[0,4]") + "}", zeros(4)),
-                     {"'w'", "more elements than fit"});
+  expect_parse_error(
+      make_file("{" + entry("w", "F32", "[4611686018427387904]", "[0,4]") + "}", zeros(4)),
+      {"'w'", "more elements than fit"});
   // A zero extent makes any other extent harmless.
-  EXPECT_NO_THROW(SafeTensors::parse(
-      make_file("{" + entry("w", "F32", "[0,9223372036854775807,9223372036854775807]", "[0,0]") + "}")));
+  EXPECT_NO_THROW(SafeTensors::parse(make_file(
+      "{" + entry("w", "F32", "[0,9223372036854775807,9223372036854775807]", "[0,0]") + "}")));
 }
 
 TEST(SafeTensorsErrors, ShapeTimesDtypeSizeIsNotTheByteLength) {
-  expect_parse_error(make_file("{" + entry("layers.0.w", "F16", "[2,3]", "[0,8]") + "}", zeros(8)),
-                     {"'layers.0.w'", "[0, 8]", "spanning 8 bytes", "shape [2, 3] of F16 needs 6 x 2 = 12"});
+  expect_parse_error(
+      make_file("{" + entry("layers.0.w", "F16", "[2,3]", "[0,8]") + "}", zeros(8)),
+      {"'layers.0.w'", "[0, 8]", "spanning 8 bytes", "shape [2, 3] of F16 needs 6 x 2 = 12"});
 }
 
 TEST(SafeTensorsErrors, OffsetsOutOfRangeOrReversed) {
   expect_parse_error(make_file("{" + entry("w", "F32", "[2]", "[0,8]") + "}", zeros(4)),
                      {"'w'", "[0, 8]", "past the end of the 4-byte data buffer"});
-  expect_parse_error(make_file("{" + entry("w", "F32", "[1]", "[18446744073709551615,4]") + "}", zeros(4)),
-                     {"'w'", "begin > end"});
-  expect_parse_error(make_file("{" + entry("w", "F32", "[1]", "[8,4]") + "}", zeros(4)), {"'w'", "begin > end"});
   expect_parse_error(
-      make_file("{" + entry("w", "F32", "[1]", "[18446744073709551612,18446744073709551615]") + "}", zeros(4)),
+      make_file("{" + entry("w", "F32", "[1]", "[18446744073709551615,4]") + "}", zeros(4)),
+      {"'w'", "begin > end"});
+  expect_parse_error(make_file("{" + entry("w", "F32", "[1]", "[8,4]") + "}", zeros(4)),
+                     {"'w'", "begin > end"});
+  expect_parse_error(
+      make_file("{" + entry("w", "F32", "[1]", "[18446744073709551612,18446744073709551615]") + "}",
+                zeros(4)),
       {"'w'", "past the end"});
 }
 
 TEST(SafeTensorsErrors, OverlappingTensors) {
-  expect_parse_error(
-      make_file("{" + entry("a", "F32", "[2]", "[0,8]") + "," + entry("b", "F32", "[2]", "[4,12]") + "}", zeros(12)),
-      {"'b'", "[4, 12)", "overlap tensor 'a'", "ends at 8"});
+  expect_parse_error(make_file("{" + entry("a", "F32", "[2]", "[0,8]") + "," +
+                                   entry("b", "F32", "[2]", "[4,12]") + "}",
+                               zeros(12)),
+                     {"'b'", "[4, 12)", "overlap tensor 'a'", "ends at 8"});
   // The same range twice.
-  expect_parse_error(
-      make_file("{" + entry("a", "F32", "[1]", "[0,4]") + "," + entry("b", "F32", "[1]", "[0,4]") + "}", zeros(4)),
-      {"overlap tensor 'a'"});
+  expect_parse_error(make_file("{" + entry("a", "F32", "[1]", "[0,4]") + "," +
+                                   entry("b", "F32", "[1]", "[0,4]") + "}",
+                               zeros(4)),
+                     {"overlap tensor 'a'"});
 }
 
 TEST(SafeTensorsErrors, GapsAndTrailingBytes) {
   expect_parse_error(make_file("{" + entry("w", "F32", "[1]", "[4,8]") + "}", zeros(8)),
                      {"'w'", "starts at byte 4", "[0, 4) unused", "at its start"});
-  expect_parse_error(
-      make_file("{" + entry("a", "F32", "[1]", "[0,4]") + "," + entry("b", "F32", "[1]", "[8,12]") + "}", zeros(12)),
-      {"'b'", "[4, 8) unused after tensor 'a'"});
+  expect_parse_error(make_file("{" + entry("a", "F32", "[1]", "[0,4]") + "," +
+                                   entry("b", "F32", "[1]", "[8,12]") + "}",
+                               zeros(12)),
+                     {"'b'", "[4, 8) unused after tensor 'a'"});
   expect_parse_error(make_file("{" + entry("w", "F32", "[1]", "[0,4]") + "}", zeros(6)),
                      {"6 bytes", "cover only 4", "'w'", "trailing bytes"});
   expect_parse_error(make_file("{}", zeros(1)), {"1 bytes", "lists no tensors"});
@@ -623,17 +646,21 @@ TEST(SafeTensorsErrors, GapsAndTrailingBytes) {
 
 TEST(SafeTensorsErrors, DuplicateNames) {
   // nlohmann would silently keep one of the two; the reader must not.
+  expect_parse_error(make_file("{" + entry("w", "F32", "[1]", "[0,4]") + "," +
+                                   entry("w", "F32", "[1]", "[4,8]") + "}",
+                               zeros(8)),
+                     {"tensor 'w'", "more than once"});
   expect_parse_error(
-      make_file("{" + entry("w", "F32", "[1]", "[0,4]") + "," + entry("w", "F32", "[1]", "[4,8]") + "}", zeros(8)),
-      {"tensor 'w'", "more than once"});
-  expect_parse_error(make_file("{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                               zeros(4)),
-                     {"entry of 'w'", "key 'dtype' more than once"});
+      make_file(
+          "{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+          zeros(4)),
+      {"entry of 'w'", "key 'dtype' more than once"});
   expect_parse_error(make_file("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}"),
                      {"'__metadata__'", "key 'k' more than once"});
   // Equal keys in different objects are fine.
   EXPECT_NO_THROW(SafeTensors::parse(make_file(
-      "{" + entry("a", "F32", "[1]", "[0,4]") + "," + entry("b", "F32", "[1]", "[4,8]") + "}", zeros(8))));
+      "{" + entry("a", "F32", "[1]", "[0,4]") + "," + entry("b", "F32", "[1]", "[4,8]") + "}",
+      zeros(8))));
 }
 
 TEST(SafeTensorsErrors, BadMetadata) {
@@ -661,13 +688,17 @@ TEST(SafeTensorsErrors, MissingTensorListsSomeNames) {
 
 TEST(SafeTensorsErrors, WrongRankOrShapeRequested) {
   const SafeTensors st = SafeTensors::parse(
-      make_file("{" + entry("layers.2.attn.k_proj.weight", "F32", "[2,3]", "[0,24]") + "}", zeros(24)),
+      make_file("{" + entry("layers.2.attn.k_proj.weight", "F32", "[2,3]", "[0,24]") + "}",
+                zeros(24)),
       "model.safetensors");
   expect_error([&] { (void)st.tensor<float, 3>("layers.2.attn.k_proj.weight"); },
                {"model.safetensors", "'layers.2.attn.k_proj.weight'", "has rank 2", "shape [2, 3]",
                 "requested rank 3"});
-  expect_error([&] { (void)st.tensor<float, 2>("layers.2.attn.k_proj.weight", {3, 2}); },
-               {"'layers.2.attn.k_proj.weight'", "has shape [2, 3], expected [3, 2]"});
+  expect_error(
+      [&] {
+        (void)st.tensor<float, 2>("layers.2.attn.k_proj.weight", {3, 2});
+      },
+      {"'layers.2.attn.k_proj.weight'", "has shape [2, 3], expected [3, 2]"});
   expect_error([&] { (void)st.tensor<double, 1>("layers.2.attn.k_proj.weight", {6}); },
                {"has shape [2, 3], expected [6]"});
 }

@@ -53,16 +53,26 @@ enum class DType { f64, f32, f16, bf16, i64, i32, i16, i8, u8, boolean };
 /// The format's spelling of a dtype: "F64", "F32", "F16", "BF16", "I64", ..., "BOOL".
 constexpr std::string_view dtype_name(DType dtype) noexcept {
   switch (dtype) {
-    case DType::f64: return "F64";
-    case DType::f32: return "F32";
-    case DType::f16: return "F16";
-    case DType::bf16: return "BF16";
-    case DType::i64: return "I64";
-    case DType::i32: return "I32";
-    case DType::i16: return "I16";
-    case DType::i8: return "I8";
-    case DType::u8: return "U8";
-    case DType::boolean: return "BOOL";
+    case DType::f64:
+      return "F64";
+    case DType::f32:
+      return "F32";
+    case DType::f16:
+      return "F16";
+    case DType::bf16:
+      return "BF16";
+    case DType::i64:
+      return "I64";
+    case DType::i32:
+      return "I32";
+    case DType::i16:
+      return "I16";
+    case DType::i8:
+      return "I8";
+    case DType::u8:
+      return "U8";
+    case DType::boolean:
+      return "BOOL";
   }
   return "?";
 }
@@ -71,15 +81,19 @@ constexpr std::string_view dtype_name(DType dtype) noexcept {
 constexpr std::size_t dtype_size(DType dtype) noexcept {
   switch (dtype) {
     case DType::f64:
-    case DType::i64: return 8;
+    case DType::i64:
+      return 8;
     case DType::f32:
-    case DType::i32: return 4;
+    case DType::i32:
+      return 4;
     case DType::f16:
     case DType::bf16:
-    case DType::i16: return 2;
+    case DType::i16:
+      return 2;
     case DType::i8:
     case DType::u8:
-    case DType::boolean: return 1;
+    case DType::boolean:
+      return 1;
   }
   return 0;
 }
@@ -238,7 +252,8 @@ class SafeTensors {
     const std::streamoff size = file.tellg();
     file.seekg(0, std::ios::beg);
     if (size < 0 || !file) {
-      throw safetensors_error(detail::concat("safetensors: ", path, ": cannot determine the file size"));
+      throw safetensors_error(
+          detail::concat("safetensors: ", path, ": cannot determine the file size"));
     }
     std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
     if (size > 0 && !file.read(reinterpret_cast<char*>(bytes.data()), size)) {
@@ -356,7 +371,8 @@ class SafeTensors {
       case DType::f64:
       case DType::f32:
       case DType::f16:
-      case DType::bf16: return;
+      case DType::bf16:
+        return;
       default:
         fail(name, "has dtype ", dtype_name(found.dtype),
              ", which does not convert to a floating-point tensor (F64, F32, F16 or BF16 do)");
@@ -374,25 +390,30 @@ class SafeTensors {
     switch (found.dtype) {
       case DType::f64:
         for (index_t i = 0; i < count; ++i) {
-          out[i] = static_cast<T>(detail::double_from_bits(detail::load_le<std::uint64_t>(in + 8 * i)));
+          out[i] =
+              static_cast<T>(detail::double_from_bits(detail::load_le<std::uint64_t>(in + 8 * i)));
         }
         break;
       case DType::f32:
         for (index_t i = 0; i < count; ++i) {
-          out[i] = detail::widen_float<T>(detail::float_from_bits(detail::load_le<std::uint32_t>(in + 4 * i)));
+          out[i] = detail::widen_float<T>(
+              detail::float_from_bits(detail::load_le<std::uint32_t>(in + 4 * i)));
         }
         break;
       case DType::f16:
         for (index_t i = 0; i < count; ++i) {
-          out[i] = detail::widen_float<T>(detail::half_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
+          out[i] = detail::widen_float<T>(
+              detail::half_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
         }
         break;
       case DType::bf16:
         for (index_t i = 0; i < count; ++i) {
-          out[i] = detail::widen_float<T>(detail::bfloat16_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
+          out[i] = detail::widen_float<T>(
+              detail::bfloat16_to_float(detail::load_le<std::uint16_t>(in + 2 * i)));
         }
         break;
-      default: break;  // rejected by check_float_dtype
+      default:
+        break;  // rejected by check_float_dtype
     }
   }
 
@@ -415,8 +436,8 @@ class SafeTensors {
     data_start_ = length_size + static_cast<std::size_t>(header_size);
     const std::uint64_t data_size = bytes_.size() - data_start_;
 
-    const nlohmann::json header = parse_json(bytes_.data() + length_size,
-                                             bytes_.data() + data_start_);
+    const nlohmann::json header =
+        parse_json(bytes_.data() + length_size, bytes_.data() + data_start_);
     std::vector<std::pair<const std::string*, const detail::SafeTensorEntry*>> by_offset;
     for (const auto& item : header.items()) {
       const std::string& name = item.key();
@@ -445,8 +466,9 @@ class SafeTensors {
       if (found->begin > covered) {
         fail(*name, "starts at byte ", found->begin, " of the data buffer, leaving bytes [",
              covered, ", ", found->begin, ") unused",
-             previous != nullptr ? detail::concat(" after tensor ", detail::quote_for_message(*previous))
-                                 : std::string(" at its start"),
+             previous != nullptr
+                 ? detail::concat(" after tensor ", detail::quote_for_message(*previous))
+                 : std::string(" at its start"),
              "; the format requires tensors to cover the buffer with no gaps");
       }
       covered = found->end;
@@ -455,7 +477,8 @@ class SafeTensors {
     if (covered != data_size) {
       fail_file("data buffer is ", data_size, " bytes but its tensors cover only ", covered,
                 previous != nullptr
-                    ? detail::concat(" (the last, ", detail::quote_for_message(*previous), ", ends there)")
+                    ? detail::concat(" (the last, ", detail::quote_for_message(*previous),
+                                     ", ends there)")
                     : std::string(" (the header lists no tensors)"),
                 "; the format forbids trailing bytes");
     }
@@ -482,8 +505,12 @@ class SafeTensors {
     auto watch_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
       using event_t = nlohmann::json::parse_event_t;
       switch (event) {
-        case event_t::object_start: open.push_back({true, {}}); break;
-        case event_t::array_start: open.push_back({false, {}}); break;
+        case event_t::object_start:
+          open.push_back({true, {}});
+          break;
+        case event_t::array_start:
+          open.push_back({false, {}});
+          break;
         case event_t::object_end:
         case event_t::array_end:
           if (!open.empty()) open.pop_back();
@@ -500,7 +527,8 @@ class SafeTensors {
           if (top_level) top_level_key = key;
           break;
         }
-        case event_t::value: break;
+        case event_t::value:
+          break;
       }
       return true;
     };
@@ -526,7 +554,8 @@ class SafeTensors {
 
   void read_metadata(const nlohmann::json& value) {
     if (!value.is_object()) {
-      fail_file("\"__metadata__\" is a JSON ", value.type_name(), ", expected an object of strings");
+      fail_file("\"__metadata__\" is a JSON ", value.type_name(),
+                ", expected an object of strings");
     }
     for (const auto& item : value.items()) {
       if (!item.value().is_string()) {
@@ -547,7 +576,8 @@ class SafeTensors {
 
     const auto dtype = value.find("dtype");
     if (dtype == value.end()) fail(name, "has no \"dtype\"");
-    if (!dtype->is_string()) fail(name, "has a \"dtype\" of JSON type ", dtype->type_name(), ", expected a string");
+    if (!dtype->is_string())
+      fail(name, "has a \"dtype\" of JSON type ", dtype->type_name(), ", expected a string");
     if (!detail::parse_dtype(dtype->get_ref<const std::string&>(), result.dtype)) {
       fail(name, "has unknown dtype ", detail::quote_for_message(dtype->get<std::string>()),
            " (known: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
@@ -555,7 +585,8 @@ class SafeTensors {
 
     const auto shape = value.find("shape");
     if (shape == value.end()) fail(name, "has no \"shape\"");
-    if (!shape->is_array()) fail(name, "has a \"shape\" of JSON type ", shape->type_name(), ", expected an array");
+    if (!shape->is_array())
+      fail(name, "has a \"shape\" of JSON type ", shape->type_name(), ", expected an array");
     // The count is a product of extents that each fit index_t; any zero extent makes it
     // zero, otherwise it must not overflow. It is bounded by the buffer size below.
     bool any_zero = false;
@@ -573,7 +604,8 @@ class SafeTensors {
       }
       result.shape.push_back(static_cast<index_t>(e));
       if (e == 0) any_zero = true;
-      if (!overflow && e != 0 && count > std::numeric_limits<std::uint64_t>::max() / e) overflow = true;
+      if (!overflow && e != 0 && count > std::numeric_limits<std::uint64_t>::max() / e)
+        overflow = true;
       if (!overflow) count *= e;
     }
     if (any_zero) {
@@ -582,7 +614,8 @@ class SafeTensors {
     }
     const std::uint64_t element_size = dtype_size(result.dtype);
     if (overflow || count > std::numeric_limits<std::uint64_t>::max() / element_size) {
-      fail(name, "shape ", detail::format_shape(result.shape), " has more elements than fit in memory");
+      fail(name, "shape ", detail::format_shape(result.shape),
+           " has more elements than fit in memory");
     }
     const std::uint64_t byte_count = count * element_size;
 
@@ -599,8 +632,8 @@ class SafeTensors {
       fail(name, "has \"data_offsets\" [", result.begin, ", ", result.end, "] with begin > end");
     }
     if (result.end > data_size) {
-      fail(name, "has \"data_offsets\" [", result.begin, ", ", result.end,
-           "] past the end of the ", data_size, "-byte data buffer");
+      fail(name, "has \"data_offsets\" [", result.begin, ", ", result.end, "] past the end of the ",
+           data_size, "-byte data buffer");
     }
     if (result.end - result.begin != byte_count) {
       fail(name, "has \"data_offsets\" [", result.begin, ", ", result.end, "] spanning ",
@@ -711,7 +744,8 @@ class SafeTensorsWriter {
                                              error != 0 ? ": " : "",
                                              error != 0 ? std::strerror(error) : ""));
     }
-    out.write(reinterpret_cast<const char*>(file.data()), static_cast<std::streamsize>(file.size()));
+    out.write(reinterpret_cast<const char*>(file.data()),
+              static_cast<std::streamsize>(file.size()));
     out.close();
     if (!out) throw safetensors_error(detail::concat("safetensors: ", path, ": write failed"));
   }
@@ -739,12 +773,12 @@ class SafeTensorsWriter {
       throw safetensors_error("safetensors: '__metadata__' is reserved and cannot name a tensor");
     }
     if (!detail::is_valid_utf8(name)) {
-      throw safetensors_error(detail::concat("safetensors: tensor ", detail::quote_for_message(name),
-                                             ": name is not valid UTF-8"));
+      throw safetensors_error(detail::concat(
+          "safetensors: tensor ", detail::quote_for_message(name), ": name is not valid UTF-8"));
     }
     if (tensors_.count(name) != 0) {
-      throw safetensors_error(detail::concat("safetensors: tensor ", detail::quote_for_message(name),
-                                             " added twice"));
+      throw safetensors_error(
+          detail::concat("safetensors: tensor ", detail::quote_for_message(name), " added twice"));
     }
   }
 

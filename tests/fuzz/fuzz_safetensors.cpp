@@ -32,8 +32,8 @@ bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; 
 template <std::size_t Rank>
 void convert_at_rank(const SafeTensors& st, const std::string& name) {
   const DType dtype = st.dtype(name);
-  const bool floating = dtype == DType::f64 || dtype == DType::f32 || dtype == DType::f16 ||
-                        dtype == DType::bf16;
+  const bool floating =
+      dtype == DType::f64 || dtype == DType::f32 || dtype == DType::f16 || dtype == DType::bf16;
   if (!floating) {
     try {
       (void)st.tensor<float, Rank>(name);
@@ -73,10 +73,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (const std::string& name : st.names()) {
       check(st.contains(name));
       switch (st.shape(name).size()) {
-        case 1: convert_at_rank<1>(st, name); break;
-        case 2: convert_at_rank<2>(st, name); break;
-        case 3: convert_at_rank<3>(st, name); break;
-        case 4: convert_at_rank<4>(st, name); break;
+        case 1:
+          convert_at_rank<1>(st, name);
+          break;
+        case 2:
+          convert_at_rank<2>(st, name);
+          break;
+        case 3:
+          convert_at_rank<3>(st, name);
+          break;
+        case 4:
+          convert_at_rank<4>(st, name);
+          break;
         default:
           try {
             (void)st.tensor<float, 1>(name);  // rank 0 or > 4: a rank error
