@@ -9,6 +9,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include <diffattn/diffattn.hpp>
 
@@ -93,6 +94,31 @@ double max_abs(TensorView<T, R> a) {
 template <class T>
 double tolerance(double k, double scale) {
   return k * static_cast<double>(std::numeric_limits<T>::epsilon()) * std::max(scale, 1.0);
+}
+
+inline bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+/// Runs `fn`, expecting an exception of type E; returns its what() ("" and a test
+/// failure when nothing, or something else, was thrown).
+template <class E, class F>
+std::string error_message(F&& fn) {
+  try {
+    std::forward<F>(fn)();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected another exception type, got: " << e.what();
+    return {};
+  }
+  ADD_FAILURE() << "expected an exception, nothing was thrown";
+  return {};
+}
+
+template <class F>
+std::string shape_error_message(F&& fn) {
+  return error_message<diffattn::shape_error>(std::forward<F>(fn));
 }
 
 /// Text for SCOPED_TRACE so a failing random case can be replayed.

@@ -15,6 +15,8 @@
 
 namespace {
 
+using diffattn_test::contains;
+
 using diffattn::AttentionConfig;
 using diffattn::DiffAttentionConfig;
 using diffattn::DiffAttentionWeights;
@@ -33,9 +35,6 @@ using diffattn_test::Tensor;
 using diffattn_test::TensorView;
 using diffattn_test::tolerance;
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 /// Runs `fn`, expecting exception E whose message contains every one of `parts`.
 template <class E, class F>

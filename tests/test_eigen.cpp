@@ -15,7 +15,12 @@
 #include "diffattn/eigen.hpp"
 #include "diffattn/tensor.hpp"
 
+#include "helpers.hpp"
+
 namespace {
+
+using diffattn_test::contains;
+using diffattn_test::shape_error_message;
 
 using diffattn::as_eigen;
 using diffattn::as_view;
@@ -25,24 +30,7 @@ using diffattn::shape_error;
 using diffattn::Tensor;
 using diffattn::TensorView;
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
-/// Runs `fn`, expecting a diffattn::shape_error; returns its what() ("" on failure).
-template <class F>
-std::string shape_error_message(F&& fn) {
-  try {
-    fn();
-  } catch (const shape_error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected diffattn::shape_error, got another exception: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected diffattn::shape_error, nothing was thrown";
-  return {};
-}
 
 /// A buffer 0, 1, 2, ... so that every element is distinct and exactly representable.
 template <class T>

@@ -11,6 +11,8 @@
 
 namespace {
 
+using diffattn_test::contains;
+
 using diffattn::KVCache;
 using diffattn_test::FloatTypes;
 using diffattn_test::index_t;
@@ -18,9 +20,6 @@ using diffattn_test::max_abs_diff;
 using diffattn_test::random_tensor;
 using diffattn_test::Tensor;
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 template <class T>
 class KVCacheTest : public ::testing::Test {};

@@ -16,7 +16,12 @@
 #include "diffattn/lambda.hpp"
 #include "diffattn/tensor.hpp"
 
+#include "helpers.hpp"
+
 namespace {
+
+using diffattn_test::contains;
+using diffattn_test::shape_error_message;
 
 using diffattn::index_t;
 using diffattn::lambda_init;
@@ -24,24 +29,7 @@ using diffattn::lambda_reparam;
 using diffattn::shape_error;
 using diffattn::TensorView;
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
-/// Runs `fn`, expecting a diffattn::shape_error; returns its what() ("" on failure).
-template <class F>
-std::string shape_error_message(F&& fn) {
-  try {
-    fn();
-  } catch (const shape_error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected diffattn::shape_error, got another exception: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected diffattn::shape_error, nothing was thrown";
-  return {};
-}
 
 /// k·eps(T)·max(|ref|, 1). The expected values are exact-decimal answers; the library sees
 /// the inputs rounded to T (relative error <= eps/2 each) and computes λ in double. Through

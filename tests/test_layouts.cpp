@@ -11,7 +11,12 @@
 #include "diffattn/layouts.hpp"
 #include "diffattn/tensor.hpp"
 
+#include "helpers.hpp"
+
 namespace {
+
+using diffattn_test::contains;
+using diffattn_test::shape_error_message;
 
 using diffattn::bhnd_to_bnhd;
 using diffattn::bnhd_to_bhnd;
@@ -23,24 +28,7 @@ using diffattn::shape_error;
 using diffattn::Tensor;
 using diffattn::TensorView;
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
-/// Runs `fn`, expecting a diffattn::shape_error; returns its what() ("" on failure).
-template <class F>
-std::string shape_error_message(F&& fn) {
-  try {
-    fn();
-  } catch (const shape_error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected diffattn::shape_error, got another exception: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected diffattn::shape_error, nothing was thrown";
-  return {};
-}
 
 /// The value stored at index (i0, i1, i2, i3): distinct for extents up to 10 and exact
 /// in float.

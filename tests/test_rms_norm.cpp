@@ -12,6 +12,8 @@
 
 namespace {
 
+using diffattn_test::contains;
+
 using diffattn::rms_norm;
 using diffattn_test::FloatTypes;
 using diffattn_test::index_t;
@@ -20,9 +22,6 @@ using diffattn_test::random_tensor;
 using diffattn_test::Tensor;
 using diffattn_test::tolerance;
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 template <class T>
 class RmsNormTest : public ::testing::Test {};

@@ -12,6 +12,8 @@
 
 namespace {
 
+using diffattn_test::contains;
+
 using diffattn::apply_rope;
 using diffattn::RopeStyle;
 using diffattn_test::FloatTypes;
@@ -21,9 +23,6 @@ using diffattn_test::random_tensor;
 using diffattn_test::Tensor;
 using diffattn_test::tolerance;
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 template <class T>
 class RopeTest : public ::testing::Test {};

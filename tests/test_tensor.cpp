@@ -14,46 +14,24 @@
 
 #include "diffattn/tensor.hpp"
 
+#include "helpers.hpp"
+
 namespace {
+
+using diffattn_test::contains;
+using diffattn_test::shape_error_message;
 
 using diffattn::index_t;
 using diffattn::shape_error;
 using diffattn::Tensor;
 using diffattn::TensorView;
 
-/// Runs `fn`, expecting a diffattn::shape_error; returns its what() ("" on failure).
-template <class F>
-std::string shape_error_message(F&& fn) {
-  try {
-    std::forward<F>(fn)();
-  } catch (const shape_error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected diffattn::shape_error, got another exception: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected diffattn::shape_error, nothing was thrown";
-  return {};
-}
 
-/// Runs `fn`, expecting std::out_of_range; returns its what() ("" on failure).
 template <class F>
 std::string out_of_range_message(F&& fn) {
-  try {
-    std::forward<F>(fn)();
-  } catch (const std::out_of_range& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected std::out_of_range, got another exception: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected std::out_of_range, nothing was thrown";
-  return {};
+  return diffattn_test::error_message<std::out_of_range>(std::forward<F>(fn));
 }
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 /// Value stored at (a, b, c) of the [A, B, C] test buffers: distinct for every index and
 /// exactly representable in float.
