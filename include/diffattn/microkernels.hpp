@@ -16,6 +16,10 @@
 ///
 /// Each output element accumulates its terms in the order of the shared dimension,
 /// whatever the blocking: results do not depend on tile sizes or thread counts.
+///
+/// Why not Eigen's GEMM on the tiles: bench/bench_tiles.cpp runs both on the fused
+/// kernels' tile shapes (64 keys × 64 rows, D = 64..256); on AVX-512 these kernels did
+/// Sᵀ at 190–198 GFLOP/s vs Eigen's 130–136, and P·V at 146–206 vs 115–139.
 
 #include <algorithm>
 #include <cmath>
