@@ -9,6 +9,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include <diffattn/diffattn.hpp>
@@ -20,6 +21,16 @@ using diffattn::Tensor;
 using diffattn::TensorView;
 
 using FloatTypes = ::testing::Types<float, double>;
+
+/// Typed-test names "float" and "double" instead of "0" and "1".
+struct ElementTypeNames {
+  template <class T>
+  static std::string GetName(int) {
+    if (std::is_same_v<T, float>) return "float";
+    if (std::is_same_v<T, double>) return "double";
+    return "unknown";
+  }
+};
 
 /// Fills a view with uniform values in [lo, hi) from a seeded generator.
 template <class T, std::size_t R>

@@ -53,16 +53,8 @@ void expect_same_elements(TensorView<T, 2> view, const Expr& matrix) {
     }
 }
 
-struct ElementTypeNames {
-  template <class T>
-  static std::string GetName(int) {
-    if (std::is_same_v<T, float>) return "float";
-    if (std::is_same_v<T, double>) return "double";
-    return "unknown";
-  }
-};
-
-using ElementTypes = ::testing::Types<float, double>;
+using diffattn_test::ElementTypeNames;
+using ElementTypes = diffattn_test::FloatTypes;
 
 template <class T>
 class EigenBridgeTypedTest : public ::testing::Test {};

@@ -41,16 +41,8 @@ double tolerance(double ref, double k) {
   return k * static_cast<double>(std::numeric_limits<T>::epsilon()) * std::max(std::abs(ref), 1.0);
 }
 
-struct ElementTypeNames {
-  template <class T>
-  static std::string GetName(int) {
-    if (std::is_same_v<T, float>) return "float";
-    if (std::is_same_v<T, double>) return "double";
-    return "unknown";
-  }
-};
-
-using ElementTypes = ::testing::Types<float, double>;
+using diffattn_test::ElementTypeNames;
+using ElementTypes = diffattn_test::FloatTypes;
 
 template <class T>
 class LambdaTypedTest : public ::testing::Test {};

@@ -48,16 +48,8 @@ Tensor<T, 4> coded_tensor(const std::array<index_t, 4>& shape) {
   return tensor;
 }
 
-struct ElementTypeNames {
-  template <class T>
-  static std::string GetName(int) {
-    if (std::is_same_v<T, float>) return "float";
-    if (std::is_same_v<T, double>) return "double";
-    return "unknown";
-  }
-};
-
-using ElementTypes = ::testing::Types<float, double>;
+using diffattn_test::ElementTypeNames;
+using ElementTypes = diffattn_test::FloatTypes;
 
 template <class T>
 class LayoutsTypedTest : public ::testing::Test {};

@@ -50,16 +50,8 @@ std::vector<T> coded_buffer(index_t extent_a, index_t extent_b, index_t extent_c
   return buffer;
 }
 
-struct ElementTypeNames {
-  template <class T>
-  static std::string GetName(int) {
-    if (std::is_same_v<T, float>) return "float";
-    if (std::is_same_v<T, double>) return "double";
-    return "unknown";
-  }
-};
-
-using ElementTypes = ::testing::Types<float, double>;
+using diffattn_test::ElementTypeNames;
+using ElementTypes = diffattn_test::FloatTypes;
 
 template <class T>
 class TensorViewTypedTest : public ::testing::Test {};
