@@ -126,22 +126,31 @@ TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
             EXPECT_NEAR(st[j * st_stride + r], expected, tolerance<T>(double(depth) + 1, double(depth)));
           }
         }
-        // O [rows, width] += Pᵀᵀ·V with P = st, width = depth batches.
+        // O [value_rows, width] += Pᵀᵀ·V with P = st, width = depth batches: every
+        // multiple of the row blocking and the lone-row tails (decoding tiles), while
+        // the rows past value_rows stay untouched.
         const index_t width = depth * lanes, v_stride = width + 3;
         const auto v = random_vector(keys * v_stride);
-        std::vector<T> o = random_vector(rows * width);
-        const std::vector<T> o_before = o;
-        diffattn::detail::value_tile(st.data(), st_stride, rows, keys, v.data(), v_stride, width,
-                                     o.data(), width);
-        for (index_t r = 0; r < rows; ++r) {
-          for (index_t d = 0; d < width; ++d) {
-            double expected = o_before[r * width + d];
-            double magnitude = std::abs(expected);
-            for (index_t j = 0; j < keys; ++j) {
-              expected += double(st[j * st_stride + r]) * double(v[j * v_stride + d]);
-              magnitude += std::abs(double(st[j * st_stride + r]));
+        for (index_t value_rows : {rows, rows - 1, index_t{1}, index_t{2}, index_t{3}}) {
+          SCOPED_TRACE(::testing::Message() << "value_rows=" << value_rows);
+          std::vector<T> o = random_vector(rows * width);
+          const std::vector<T> o_before = o;
+          diffattn::detail::value_tile(st.data(), st_stride, value_rows, keys, v.data(), v_stride, width,
+                                       o.data(), width);
+          for (index_t r = 0; r < rows; ++r) {
+            for (index_t d = 0; d < width; ++d) {
+              if (r >= value_rows) {
+                EXPECT_EQ(o[r * width + d], o_before[r * width + d]);
+                continue;
+              }
+              double expected = o_before[r * width + d];
+              double magnitude = std::abs(expected);
+              for (index_t j = 0; j < keys; ++j) {
+                expected += double(st[j * st_stride + r]) * double(v[j * v_stride + d]);
+                magnitude += std::abs(double(st[j * st_stride + r]));
+              }
+              EXPECT_NEAR(o[r * width + d], expected, tolerance<T>(double(keys) + 2, magnitude));
             }
-            EXPECT_NEAR(o[r * width + d], expected, tolerance<T>(double(keys) + 2, magnitude));
           }
         }
       }

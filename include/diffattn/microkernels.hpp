@@ -202,25 +202,39 @@ inline void value_block(const T* pt, index_t pt_stride, const T* v, index_t v_st
     for (int n = 0; n < NV; ++n) acc[m][n].store_unaligned(o + m * o_stride + n * lanes);
 }
 
-/// O [rows, width] += (Pᵀ [keys, rows])ᵀ · V [keys, width]; rows a multiple of
-/// value_rows, width a multiple of the batch width. V rows are `v_stride` apart and read
-/// in place.
+/// value_block over the whole width for MR rows: blocks of NV vectors, then single ones.
+template <class T, int MR, int NV>
+inline void value_row_block(const T* pt, index_t pt_stride, const T* v, index_t v_stride,
+                            index_t keys, index_t width, T* o, index_t o_stride) {
+  constexpr index_t lanes = micro_blocking<T>::lanes;
+  index_t d = 0;
+  for (; d + NV * lanes <= width; d += NV * lanes) {
+    value_block<T, MR, NV>(pt, pt_stride, v + d, v_stride, keys, o + d, o_stride);
+  }
+  if constexpr (NV > micro_blocking<T>::value_vectors) {  // a lone row: keep 4+ chains
+    for (; d + micro_blocking<T>::value_vectors * lanes <= width; d += micro_blocking<T>::value_vectors * lanes) {
+      value_block<T, MR, micro_blocking<T>::value_vectors>(pt, pt_stride, v + d, v_stride, keys, o + d, o_stride);
+    }
+  }
+  for (; d < width; d += lanes) value_block<T, MR, 1>(pt, pt_stride, v + d, v_stride, keys, o + d, o_stride);
+}
+
+/// O [rows, width] += (Pᵀ [keys, rows])ᵀ · V [keys, width]; width a multiple of the
+/// batch width, any number of rows. V rows are `v_stride` apart and read in place.
+/// Rows go value_rows at a time; the rest (a decoding tile has 1–3 real rows) one at a
+/// time with twice the vectors, so a lone row still has 8 independent FMA chains rather
+/// than computing three rows of padding.
 template <class T>
 void value_tile(const T* pt, index_t pt_stride, index_t rows, index_t keys, const T* v,
                 index_t v_stride, index_t width, T* o, index_t o_stride) {
   using blocking = micro_blocking<T>;
   constexpr int MR = blocking::value_rows, NV = blocking::value_vectors;
-  constexpr index_t lanes = blocking::lanes;
-  for (index_t r = 0; r < rows; r += MR) {
-    index_t d = 0;
-    for (; d + NV * lanes <= width; d += NV * lanes) {
-      value_block<T, MR, NV>(pt + r, pt_stride, v + d, v_stride, keys, o + r * o_stride + d,
-                             o_stride);
-    }
-    for (; d < width; d += lanes) {
-      value_block<T, MR, 1>(pt + r, pt_stride, v + d, v_stride, keys, o + r * o_stride + d,
-                            o_stride);
-    }
+  index_t r = 0;
+  for (; r + MR <= rows; r += MR) {
+    value_row_block<T, MR, NV>(pt + r, pt_stride, v, v_stride, keys, width, o + r * o_stride, o_stride);
+  }
+  for (; r < rows; ++r) {
+    value_row_block<T, 1, 2 * NV>(pt + r, pt_stride, v, v_stride, keys, width, o + r * o_stride, o_stride);
   }
 }
 
