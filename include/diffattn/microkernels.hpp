@@ -94,9 +94,21 @@ inline void score_rows(const T* k, index_t k_stride, index_t keys, const T* qt,
     score_block<T, MR, NR>(k + j * k_stride, k_stride, qt, qt_stride, depth, st + j * st_stride,
                            st_stride);
   }
-  for (; j < keys; ++j) {  // key tail: one key at a time
-    score_block<T, 1, NR>(k + j * k_stride, k_stride, qt, qt_stride, depth, st + j * st_stride,
-                          st_stride);
+  // Key tail in one block: a 64-key tile ends in 4 keys with MR = 6, and one key at a
+  // time (NR chains of FMAs) cost ~10% of the score time.
+  const T* k_tail = k + j * k_stride;
+  T* st_tail = st + j * st_stride;
+  switch (keys - j) {
+    case 0: break;
+    case 1: score_block<T, 1, NR>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
+    case 2: score_block<T, 2, NR>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
+    case 3: score_block<T, 3, NR>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
+    case 4: score_block<T, 4, NR>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
+    case 5: score_block<T, 5, NR>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
+    default:
+      for (; j < keys; ++j) {  // only if MR > 6: one key at a time
+        score_block<T, 1, NR>(k + j * k_stride, k_stride, qt, qt_stride, depth, st + j * st_stride, st_stride);
+      }
   }
 }
 
