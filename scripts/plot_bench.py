@@ -85,6 +85,12 @@ class Sweep:
         names = {name for _, runs in sets for name in runs}
         self.runs = {name: middle_entry([r[name] for _, r in sets if name in r]) for name in names}
 
+    def bandwidth_fraction(self, name):
+        """Median over the runs of GB/s over that run's measured read bandwidth."""
+        key = "/".join(str(p) for p in name)
+        return middle([r[key]["GB/s"] / float(c["read_bandwidth_gbs"]) for c, r in self.sets
+                       if key in r and "GB/s" in r[key] and "read_bandwidth_gbs" in c])
+
     def ratio(self, numerator, denominator):
         """Median over the runs of time(numerator) / time(denominator); names as tuples."""
         key = lambda parts: "/".join(str(p) for p in parts)  # noqa: E731
@@ -317,7 +323,7 @@ def summary(sweep):
     runs = len(sweep.sets) if len(sweep.sets) > 1 else None
     lines = [
         f"Machine (measured by the benchmark binary): fp32 FMA peak {sweep.peak:.1f} GFLOP/s per core, "
-        f"{threads} threads, read bandwidth {sweep.bandwidth:.1f} GB/s."
+        + (f"{threads} threads, " if threads else "") + f"read bandwidth {sweep.bandwidth:.1f} GB/s."
         + (f" Rates are medians across {runs} runs of the sweep; ratios are taken within each run, then"
            " their median." if runs else ""),
         "",
@@ -350,7 +356,7 @@ def summary(sweep):
                 if gbs is None:
                     continue
                 lines.append(f"| {n} | {kv} | {sweep.value('Decode', (n, kv, 0), 'ms'):.2f} | {gbs:.1f} | "
-                             f"{100 * gbs / sweep.bandwidth:.0f}% |")
+                             f"{100 * sweep.bandwidth_fraction(('Decode', n, kv, 0)):.0f}% |")
     long_run = next((e for name, e in sweep.runs.items() if name.startswith("LongSequenceMemory/")), None)
     if long_run is not None:
         lines += ["", f"Long sequence (N = 65536, one causal differential head, d = 64, {threads} threads): "
