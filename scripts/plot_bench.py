@@ -59,6 +59,11 @@ def to_ms(entry):
     return entry["real_time"] * scale
 
 
+def benchmark_name(parts):
+    """("Standard", 2048, 64, 0, 1) -> "Standard/2048/64/0/1"."""
+    return "/".join(str(p) for p in parts)
+
+
 def middle_entry(entries):
     entries = sorted(entries, key=to_ms)
     return entries[len(entries) // 2]
@@ -87,23 +92,21 @@ class Sweep:
 
     def bandwidth_fraction(self, name):
         """Median over the runs of GB/s over that run's measured read bandwidth."""
-        key = "/".join(str(p) for p in name)
+        key = benchmark_name(name)
         return middle([r[key]["GB/s"] / float(c["read_bandwidth_gbs"]) for c, r in self.sets
                        if key in r and "GB/s" in r[key] and "read_bandwidth_gbs" in c])
 
     def ratio(self, numerator, denominator):
         """Median over the runs of time(numerator) / time(denominator); names as tuples."""
-        key = lambda parts: "/".join(str(p) for p in parts)  # noqa: E731
-        values = [to_ms(r[key(numerator)]) / to_ms(r[key(denominator)]) for _, r in self.sets
-                  if key(numerator) in r and key(denominator) in r]
+        top, bottom = benchmark_name(numerator), benchmark_name(denominator)
+        values = sorted(to_ms(r[top]) / to_ms(r[bottom]) for _, r in self.sets if top in r and bottom in r)
         if not values:
             return None
-        values.sort()
         mid = len(values) // 2
         return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
 
     def get(self, kernel, *args):
-        return self.runs.get("/".join([kernel] + [str(a) for a in args]))
+        return self.runs.get(benchmark_name((kernel,) + args))
 
     def value(self, kernel, args, key):
         entry = self.get(kernel, *args)

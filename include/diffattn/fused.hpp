@@ -15,10 +15,11 @@
 /// against all visible keys go to a per-thread workspace of Nk × rows (m the running row
 /// max, recorded per key tile), and once every key is seen, P = softmax(S1) − λ·softmax(S2)
 /// is formed one key tile at a time and ONE P·V product runs: 2·Nq·Nk·(2D + Dv) FLOPs,
-/// the same as standard attention with twice the heads at width D = Dv/2. Streaming (fallback): two online softmax states and two P·V products,
-/// 2·Nq·Nk·(2D + 2Dv) FLOPs (1.5× at Dv = 2D) in O(rows × key tile) memory; used when a
-/// single tile's Nk × rows workspace would exceed options.workspace_limit, and for
-/// decoding (few query rows), where reading K/V, not FLOPs, is the cost.
+/// the same as standard attention with twice the heads at width D = Dv/2. Streaming
+/// (fallback): two online softmax states and two P·V products, 2·Nq·Nk·(2D + 2Dv) FLOPs
+/// (1.5× at Dv = 2D) in O(rows × key tile) memory; used when a single tile's Nk × rows
+/// workspace would exceed options.workspace_limit, and for decoding (few query rows),
+/// where reading K/V, not FLOPs, is the cost.
 ///
 /// Decoding: with few query tiles and long Nk the keys are split in fixed chunks, each
 /// chunk's (max, sum, accumulator) is computed in parallel and the triples are merged in
