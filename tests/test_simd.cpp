@@ -102,9 +102,10 @@ TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
     for (auto& e : v) e = static_cast<T>(dist(rng));
     return v;
   };
-  // Keys: every tail of the key blocking; rows and widths: every tail of the vector
-  // blocking (in whole batches, as the kernels require); strides wider than the data.
-  for (index_t keys : {1, 2, 5, 7, 13, 64}) {
+  // Keys: every tail of the key blockings (6 keys, and 12 for two-vector row blocks);
+  // rows and widths: every tail of the vector blocking (in whole batches, as the
+  // kernels require); strides wider than the data.
+  for (index_t keys : {1, 2, 5, 7, 11, 13, 17, 25, 64}) {
     for (index_t rows = blocking::row_align; rows <= 5 * blocking::row_align; rows += blocking::row_align) {
       for (index_t depth : {1, 3, 31}) {
         SCOPED_TRACE(::testing::Message() << "keys=" << keys << " rows=" << rows << " depth=" << depth);

@@ -42,6 +42,11 @@ struct micro_blocking {
   /// Sᵀ = K·Qᵀ: keys per block × vectors of query rows.
   static constexpr int score_keys = wide_file ? 6 : 4;
   static constexpr int score_vectors = wide_file ? 4 : 2;
+  /// Keys per block when a row block has only `vectors` vectors (tiles of fewer rows):
+  /// as many as the register file holds, so each loaded Qᵀ vector still feeds >= 12 FMAs.
+  static constexpr int score_keys_for(int vectors) {
+    return vectors >= score_vectors ? score_keys : wide_file && vectors == 2 ? 12 : score_keys;
+  }
   /// O += P·V: query rows per block × vectors of the value width.
   static constexpr int value_rows = 4;
   static constexpr int value_vectors = wide_file ? 4 : 2;
@@ -88,11 +93,16 @@ inline void score_block(const T* k, index_t k_stride, const T* qt, index_t qt_st
 template <class T, int NR>
 inline void score_rows(const T* k, index_t k_stride, index_t keys, const T* qt,
                        index_t qt_stride, index_t depth, T* st, index_t st_stride) {
-  constexpr int MR = micro_blocking<T>::score_keys;
+  constexpr int MR = micro_blocking<T>::score_keys_for(NR);
   index_t j = 0;
   for (; j + MR <= keys; j += MR) {
     score_block<T, MR, NR>(k + j * k_stride, k_stride, qt, qt_stride, depth, st + j * st_stride,
                            st_stride);
+  }
+  if constexpr (MR > 6) {
+    for (; j + 6 <= keys; j += 6) {
+      score_block<T, 6, NR>(k + j * k_stride, k_stride, qt, qt_stride, depth, st + j * st_stride, st_stride);
+    }
   }
   // Key tail in one block: a 64-key tile ends in 4 keys with MR = 6, and one key at a
   // time (NR chains of FMAs) cost ~10% of the score time.
@@ -105,10 +115,7 @@ inline void score_rows(const T* k, index_t k_stride, index_t keys, const T* qt,
     case 3: score_block<T, 3, NR>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
     case 4: score_block<T, 4, NR>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
     case 5: score_block<T, 5, NR>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
-    default:
-      for (; j < keys; ++j) {  // only if MR > 6: one key at a time
-        score_block<T, 1, NR>(k + j * k_stride, k_stride, qt, qt_stride, depth, st + j * st_stride, st_stride);
-      }
+    default: break;  // unreachable: fewer than 6 keys remain
   }
 }
 
@@ -122,6 +129,11 @@ void score_tile(const T* k, index_t k_stride, index_t keys, const T* qt, index_t
   index_t r = 0;
   for (; r + NR * lanes <= rows; r += NR * lanes) {
     score_rows<T, NR>(k, k_stride, keys, qt + r, qt_stride, depth, st + r, st_stride);
+  }
+  if constexpr (NR > 2) {
+    for (; r + 2 * lanes <= rows; r += 2 * lanes) {
+      score_rows<T, 2>(k, k_stride, keys, qt + r, qt_stride, depth, st + r, st_stride);
+    }
   }
   for (; r < rows; r += lanes) {
     score_rows<T, 1>(k, k_stride, keys, qt + r, qt_stride, depth, st + r, st_stride);

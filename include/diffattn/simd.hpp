@@ -73,6 +73,12 @@ template <class T>
 T simd_hmax(scalar_batch<T> a) {
   return a.value;
 }
+/// `scores` where key < limit, −inf elsewhere (lane-wise; key and limit hold small
+/// whole numbers, exact in T).
+template <class T>
+scalar_batch<T> simd_hide_from(scalar_batch<T> key, scalar_batch<T> limit, scalar_batch<T> scores) {
+  return key.value < limit.value ? scores : scalar_batch<T>(-std::numeric_limits<T>::infinity());
+}
 
 #if !defined(DIFFATTN_NO_SIMD)
 template <class T, class A>
@@ -87,6 +93,11 @@ xsimd::batch<T, A> simd_max(const xsimd::batch<T, A>& a, const xsimd::batch<T, A
 template <class T, class A>
 T simd_sum(const xsimd::batch<T, A>& a) {
   return xsimd::hadd(a);
+}
+template <class T, class A>
+xsimd::batch<T, A> simd_hide_from(const xsimd::batch<T, A>& key, const xsimd::batch<T, A>& limit,
+                                  const xsimd::batch<T, A>& scores) {
+  return xsimd::select(key < limit, scores, xsimd::batch<T, A>(-std::numeric_limits<T>::infinity()));
 }
 template <class T, class A>
 T simd_hmax(const xsimd::batch<T, A>& a) {
