@@ -102,12 +102,16 @@ TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
     for (auto& e : v) e = static_cast<T>(dist(rng));
     return v;
   };
-  // Keys: every tail of the key blockings (6 keys, and 12 for two-vector row blocks);
-  // rows and widths: every tail of the vector blocking (in whole batches, as the
-  // kernels require); strides wider than the data.
+  // Keys: every tail of the key blockings (4 or 6 keys, and 12 for two-vector row
+  // blocks); rows and widths: every tail of the vector blocking (in whole batches, as the
+  // kernels require); depth 70 spans several score panels (64 floats, 32 doubles) with a
+  // tail, and with it the width is a value panel and three batches; strides wider than the
+  // data.
+  constexpr index_t value_panel = diffattn::detail::value_panel_bytes / sizeof(T);
+  static_assert(diffattn::detail::score_panel_bytes / sizeof(T) < 70);
   for (index_t keys : {1, 2, 5, 7, 11, 13, 17, 25, 64}) {
     for (index_t rows = blocking::row_align; rows <= 5 * blocking::row_align; rows += blocking::row_align) {
-      for (index_t depth : {1, 3, 31}) {
+      for (index_t depth : {1, 3, 31, 70}) {
         SCOPED_TRACE(::testing::Message() << "keys=" << keys << " rows=" << rows << " depth=" << depth);
         const index_t k_stride = depth + 2, st_stride = rows + lanes;
         const auto k = random_vector(keys * k_stride);
@@ -127,10 +131,11 @@ TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
             EXPECT_NEAR(st[j * st_stride + r], expected, tolerance<T>(double(depth) + 1, double(depth)));
           }
         }
-        // O [value_rows, width] += Pᵀᵀ·V with P = st, width = depth batches: every
+        // O [value_rows, width] += Pᵀᵀ·V with P = st, width as above: every
         // multiple of the row blocking and the lone-row tails (decoding tiles), while
         // the rows past value_rows stay untouched.
-        const index_t width = depth * lanes, v_stride = width + 3;
+        const index_t width = depth < 70 ? depth * lanes : value_panel + 3 * lanes;
+        const index_t v_stride = width + 3;
         const auto v = random_vector(keys * v_stride);
         for (index_t value_rows : {rows, rows - 1, index_t{1}, index_t{2}, index_t{3}}) {
           SCOPED_TRACE(::testing::Message() << "value_rows=" << value_rows);
