@@ -352,7 +352,14 @@ const T* value_rows(const FusedArgs<T>& a, const FusedSizes<T>& sz, const QueryT
 inline void prefetch_bytes(const void* row, std::size_t bytes) {
 #if defined(__GNUC__)
   const char* first = static_cast<const char*>(row);
-  for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(first + b);
+  std::size_t b = 0;
+  for (; b + 256 <= bytes; b += 256) {  // unrolled: the loop's own instructions were 3/4
+    __builtin_prefetch(first + b);
+    __builtin_prefetch(first + b + 64);
+    __builtin_prefetch(first + b + 128);
+    __builtin_prefetch(first + b + 192);
+  }
+  for (; b < bytes; b += 64) __builtin_prefetch(first + b);
   // GCC 12 deems a function made of prefetches side-effect free and deletes its calls
   // (seen at -O1..-O3); an empty volatile asm is a side effect that costs nothing.
   asm volatile("");
@@ -372,14 +379,21 @@ void prefetch_keys(const FusedArgs<T>& a, const QueryTile& tile, index_t first, 
                    bool second_keys) {
   const AttentionProblem& p = a.problem;
   const index_t last = std::min(first + FusedPlan::key_tile, key_end);
-  const bool distinct_k2 = second_keys && a.k2.data() != a.k1.data();
-  for (index_t j = first; j < last; ++j) {
-    prefetch_bytes(&a.k1(tile.batch, tile.kv_head, j, 0), static_cast<std::size_t>(p.head_dim) * sizeof(T));
-    if (distinct_k2) {
-      prefetch_bytes(&a.k2(tile.batch, tile.kv_head, j, 0), static_cast<std::size_t>(p.head_dim) * sizeof(T));
+  if (last <= first) return;
+  // Rows one after another (the usual [.., Nk, D] layout) are one range: one prefetch per
+  // cache line, without per-row address arithmetic (which cost 5× the prefetches).
+  auto prefetch_rows = [&](TensorView<const T, 4> t, index_t width) {
+    const T* row = &t(tile.batch, tile.kv_head, first, 0);
+    const std::size_t row_bytes = static_cast<std::size_t>(width) * sizeof(T);
+    if (t.stride(2) == width && t.stride(3) == 1) {
+      prefetch_bytes(row, row_bytes * static_cast<std::size_t>(last - first));
+      return;
     }
-    prefetch_bytes(&a.v(tile.batch, tile.kv_head, j, 0), static_cast<std::size_t>(p.value_dim) * sizeof(T));
-  }
+    for (index_t j = first; j < last; ++j, row += t.stride(2)) prefetch_bytes(row, row_bytes);
+  };
+  prefetch_rows(a.k1, p.head_dim);
+  if (second_keys && a.k2.data() != a.k1.data()) prefetch_rows(a.k2, p.head_dim);
+  prefetch_rows(a.v, p.value_dim);
 }
 
 /// Streams keys [key_begin, key_end) through one or (diff, streaming) two online

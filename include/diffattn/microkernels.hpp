@@ -193,13 +193,27 @@ inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t de
       keep_in_register(queries[r]);
     }
     for (int m = 0; m < MR; ++m) {
-      const B key = B::load_unaligned(k + m * k_stride + c);
+      B key = B::load_unaligned(k + m * k_stride + c);
+      keep_in_register(key);  // else GCC re-loads it inside each of the R FMAs
       for (int r = 0; r < R; ++r) acc[m][r] = simd_fma(key, queries[r], acc[m][r]);
     }
   }
+  // Horizontal sums, `lanes` accumulators per add tree; then the depth tail, if any.
+  constexpr int count = MR * R, width = static_cast<int>(lanes);
+  for (int first = 0; first < count; first += width) {
+    B group[lanes];
+    for (int i = 0; i < width; ++i) group[i] = first + i < count ? acc[(first + i) / R][(first + i) % R] : B(T(0));
+    alignas(64) T sums[lanes];
+    simd_sums(group).store_unaligned(sums);
+    for (int i = 0; i < width && first + i < count; ++i) {
+      const int m = (first + i) / R, r = (first + i) % R;
+      st[m * st_stride + r] = sums[i];
+    }
+  }
+  if (whole == depth) return;
   for (int m = 0; m < MR; ++m) {
     for (int r = 0; r < R; ++r) {
-      T sum = simd_sum(acc[m][r]);
+      T sum = st[m * st_stride + r];
       for (index_t c = whole; c < depth; ++c) sum = std::fma(k[m * k_stride + c], q[r * depth + c], sum);
       st[m * st_stride + r] = sum;
     }
@@ -209,7 +223,9 @@ inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t de
 template <class T, int R>
 void score_rows_dot(const T* k, index_t k_stride, index_t keys, const T* q, index_t depth, T* st,
                     index_t st_stride) {
-  constexpr int MR = 4;  // 4 keys × R <= 4 rows: up to 16 accumulators
+  // MR·R accumulators, R query vectors and a key vector must fit the register file: up to
+  // 4 keys × 4 rows with 32 registers; with 16 (AVX2), 8 chains or more at any R.
+  constexpr int MR = micro_blocking<T>::wide_file ? 4 : R == 1 ? 8 : R == 2 ? 4 : R == 3 ? 3 : 2;
   index_t j = 0;
   for (; j + MR <= keys; j += MR) {
     score_block_dot<T, MR, R>(k + j * k_stride, k_stride, q, depth, st + j * st_stride, st_stride);

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include <xsimd/xsimd.hpp>
 
@@ -76,6 +77,10 @@ T simd_hmax(scalar_batch<T> a) {
 /// `scores` where key < limit, −inf elsewhere (lane-wise; key and limit hold small
 /// whole numbers, exact in T).
 template <class T>
+scalar_batch<T> simd_sums(const scalar_batch<T>* rows) {
+  return rows[0];
+}
+template <class T>
 scalar_batch<T> simd_hide_from(scalar_batch<T> key, scalar_batch<T> limit, scalar_batch<T> scores) {
   return key.value < limit.value ? scores : scalar_batch<T>(-std::numeric_limits<T>::infinity());
 }
@@ -93,6 +98,20 @@ xsimd::batch<T, A> simd_max(const xsimd::batch<T, A>& a, const xsimd::batch<T, A
 template <class T, class A>
 T simd_sum(const xsimd::batch<T, A>& a) {
   return xsimd::hadd(a);
+}
+/// Lane i of the result is the sum of rows[i]'s lanes, for `size` batches at once: one
+/// transposing add tree (x86 from SSE3 on) rather than a horizontal sum per batch.
+template <class T, class A>
+xsimd::batch<T, A> simd_sums(const xsimd::batch<T, A>* rows) {
+  // xsimd's x86 arch tags form three families (sse…, avx/avx2, avx512…), each with haddp.
+  if constexpr (std::is_base_of_v<xsimd::sse3, A> || std::is_base_of_v<xsimd::avx, A> ||
+                std::is_base_of_v<xsimd::avx512f, A>) {
+    return xsimd::haddp(rows);
+  } else {
+    alignas(64) T sums[xsimd::batch<T, A>::size];
+    for (std::size_t i = 0; i < xsimd::batch<T, A>::size; ++i) sums[i] = xsimd::hadd(rows[i]);
+    return xsimd::batch<T, A>::load_aligned(sums);
+  }
 }
 template <class T, class A>
 xsimd::batch<T, A> simd_hide_from(const xsimd::batch<T, A>& key, const xsimd::batch<T, A>& limit,
