@@ -120,15 +120,15 @@ inline void score_rows(const T* k, index_t k_stride, index_t keys, const T* qt,
   }
   // Key tail in one block: a 64-key tile ends in 4 keys with MR = 6, and one key at a
   // time (NR chains of FMAs) cost ~10% of the score time.
-  const T* kt = k + j * k_stride;
-  T* out = st + j * st_stride;
+  const T* k_tail = k + j * k_stride;
+  T* st_tail = st + j * st_stride;
   switch (keys - j) {
     case 0: break;
-    case 1: score_block<T, 1, NR, Accumulate>(kt, k_stride, qt, qt_stride, depth, out, st_stride); break;
-    case 2: score_block<T, 2, NR, Accumulate>(kt, k_stride, qt, qt_stride, depth, out, st_stride); break;
-    case 3: score_block<T, 3, NR, Accumulate>(kt, k_stride, qt, qt_stride, depth, out, st_stride); break;
-    case 4: score_block<T, 4, NR, Accumulate>(kt, k_stride, qt, qt_stride, depth, out, st_stride); break;
-    case 5: score_block<T, 5, NR, Accumulate>(kt, k_stride, qt, qt_stride, depth, out, st_stride); break;
+    case 1: score_block<T, 1, NR, Accumulate>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
+    case 2: score_block<T, 2, NR, Accumulate>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
+    case 3: score_block<T, 3, NR, Accumulate>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
+    case 4: score_block<T, 4, NR, Accumulate>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
+    case 5: score_block<T, 5, NR, Accumulate>(k_tail, k_stride, qt, qt_stride, depth, st_tail, st_stride); break;
     default: break;  // unreachable: fewer than 6 keys remain
   }
 }
@@ -294,9 +294,9 @@ inline void value_row_block(const T* pt, index_t pt_stride, const T* v, index_t 
 
 /// O [rows, width] += (Pᵀ [keys, rows])ᵀ · V [keys, width]; width a multiple of the
 /// batch width, any number of rows. V rows are `v_stride` apart and read in place.
-/// Rows go value_rows at a time; the rest (a decoding tile has 1–3 real rows) one at a
-/// time with twice the vectors, so a lone row still has 8 independent FMA chains rather
-/// than computing three rows of padding.
+/// Rows go value_rows at a time (then 4 at a time where value_rows is 6); the rest (a
+/// decoding tile has 1–3 real rows) one at a time with twice the vectors, so a lone row
+/// still has 8 independent FMA chains rather than computing three rows of padding.
 ///
 /// The width goes in panels of value_panel_bytes per V row, so that a panel of the V tile
 /// (64 keys × 256 B = 16 KB) stays in L1 next to Pᵀ while every row block streams it:

@@ -74,12 +74,12 @@ template <class T>
 T simd_hmax(scalar_batch<T> a) {
   return a.value;
 }
-/// `scores` where key < limit, −inf elsewhere (lane-wise; key and limit hold small
-/// whole numbers, exact in T).
 template <class T>
 scalar_batch<T> simd_sums(const scalar_batch<T>* rows) {
   return rows[0];
 }
+/// `scores` where key < limit, −inf elsewhere (lane-wise; key and limit hold small
+/// whole numbers, exact in T).
 template <class T>
 scalar_batch<T> simd_hide_from(scalar_batch<T> key, scalar_batch<T> limit, scalar_batch<T> scores) {
   return key.value < limit.value ? scores : scalar_batch<T>(-std::numeric_limits<T>::infinity());
