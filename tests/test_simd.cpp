@@ -132,12 +132,13 @@ TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
           }
         }
         // O [value_rows, width] += Pᵀᵀ·V with P = st, width as above: every
-        // multiple of the row blocking and the lone-row tails (decoding tiles), while
-        // the rows past value_rows stay untouched.
+        // multiple of the row blocking, the lone-row tails, and the 1–4 row tiles of
+        // decoding (value_rows_by_key), while the rows past value_rows stay untouched.
         const index_t width = depth < 70 ? depth * lanes : value_panel + 3 * lanes;
         const index_t v_stride = width + 3;
         const auto v = random_vector(keys * v_stride);
-        for (index_t value_rows : {rows, rows - 1, index_t{1}, index_t{2}, index_t{3}}) {
+        for (index_t value_rows : {rows, rows - 1, index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{5}}) {
+          if (value_rows > rows) continue;  // st has `rows` columns
           SCOPED_TRACE(::testing::Message() << "value_rows=" << value_rows);
           std::vector<T> o = random_vector(rows * width);
           const std::vector<T> o_before = o;

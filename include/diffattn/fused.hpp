@@ -77,6 +77,11 @@ struct FusedPlan {
   bool two_pass = false;    // diff only
   bool dot_scores = false;  // tiles have fewer rows than a batch: SIMD along D instead
   bool prefetch = false;    // decoding-shaped tiles: fetch the next K/V tile ahead
+  /// Whether decoding fetches the next K/V tile ahead (prefetch_keys): measured helpful
+  /// on the AVX-512 EPYC, harmful on the AVX2 Zen 3. Builds are told apart by the vector
+  /// width, the only machine fact known at compile time.
+  template <class T>
+  static constexpr bool prefetch_decoding() { return micro_blocking<T>::wide_file; }
   int threads = 1;
 };
 
@@ -372,8 +377,14 @@ inline void prefetch_bytes(const void* row, std::size_t bytes) {
 /// Prefetches the K (and K2) and V rows of the key tile starting at `first`, clipped to
 /// `key_end`. Decoding tiles (a few query rows) do too little arithmetic per key for the
 /// hardware prefetcher alone to keep memory busy: fetching one key tile ahead took decode
-/// at Nk = 32768, d = 128, Hkv = 8 from 26 to 40 GB/s on the 2-core EPYC (distances of
-/// 2 and 4 tiles were no better). Prefill tiles reuse each K/V tile from L1/L2 and skip it.
+/// at Nk = 32768, d = 128, Hkv = 8 from 26 to 40 GB/s on the 2-core AVX-512 EPYC
+/// (distances of 2 and 4 tiles were no better). On a 2-core Zen 3 (AVX2, 32 KB L1, the
+/// 64 KB of a d = 128 tile evicting itself) it cost 5–10%: medians of 40 interleaved runs
+/// without it vs with it, 17.3 vs 15.4 GB/s (Hkv 8, 2 threads) and 10.9 vs 9.9 (1 thread);
+/// spreading the prefetches over the tile, distances of 16–64 keys and the L2 hint
+/// (prefetcht1/t2) measured no better than none. So only AVX-512 builds prefetch
+/// (FusedPlan::prefetch_decoding). Prefill tiles reuse each K/V tile from L1/L2 and skip it:
+/// on the Zen 3 prefetching there cost 7–9% of the standard kernel at N = 2048–8192.
 template <class T>
 void prefetch_keys(const FusedArgs<T>& a, const QueryTile& tile, index_t first, index_t key_end,
                    bool second_keys) {
@@ -598,7 +609,7 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   }
   plan.dot_scores = p.group * positions < micro_blocking<T>::lanes &&
                     p.head_dim >= micro_blocking<T>::lanes;
-  plan.prefetch = plan.dot_scores || plan.split_keys;
+  plan.prefetch = (plan.dot_scores || plan.split_keys) && FusedPlan::prefetch_decoding<T>();
   plan.threads = resolve_threads(requested_threads, natural_tiles * plan.chunks);
   if (plan.two_pass) {
     auto total_bytes = [&] {
