@@ -253,6 +253,25 @@ TYPED_TEST(FusedTest, DecodingSplitKeysMatchesReference) {
   }
 }
 
+// Decoding-shaped tiles (fewer rows than a batch has lanes) without the split: several
+// of the long decoding key tiles (FusedPlan::decode_key_tile) and a ragged last one, in
+// the drawn layouts, masks and causality.
+TYPED_TEST(FusedTest, DecodingTilesMatchReference) {
+  for (std::uint64_t seed = 5100; seed < 5108; ++seed) {
+    Case c = draw_case(seed);
+    c.batch = 1 + seed % 2;
+    c.kv_heads = 1 + seed % 2;
+    c.group = 1 + seed % 3;
+    c.q_len = 1 + seed % 2;
+    c.kv_len = diffattn::detail::FusedPlan::decode_key_tile * (2 + seed % 3) + 37 + static_cast<index_t>(seed % 5);
+    c.head_dim = 64 + static_cast<index_t>(seed % 3);
+    c.value_dim = 128 - static_cast<index_t>(seed % 2);
+    c.workspace_limit = std::size_t{64} << 20;
+    c.threads = 1 + seed % 2;
+    run_case<TypeParam>(c);
+  }
+}
+
 // The accuracy contract is stated for Nk <= 4096 and D <= 256: test its corner, with
 // queries that see (almost) all 4096 keys.
 TYPED_TEST(FusedTest, LongestContractedSequenceMatchesReference) {

@@ -57,7 +57,13 @@ struct FusedArgs {
 /// Tiling and method decisions for one call. Only `positions_per_tile` and `threads`
 /// may depend on the thread count; they never change a result.
 struct FusedPlan {
-  static constexpr index_t key_tile = 64;     // keys per streamed tile
+  static constexpr index_t key_tile = 64;     // keys per tile (two-pass, and prefill)
+  // Decoding tiles when they are not prefetched (prefetch_decoding): K and V come from
+  // memory, and each tile switches the stream from K to V and back. At Nk = 32768,
+  // d = 128 on the Zen 3 (AVX2), medians of 30 interleaved runs, 64 → 256 keys took
+  // Hkv 8 from 20.2 to 24.4 GB/s on 2 threads and 11.3 to 12.6 on one, Hkv 2 17.4 to 20.3;
+  // 512 and 1024 were no better.
+  static constexpr index_t decode_key_tile = 256;
   static constexpr index_t target_rows = 64;  // query rows per tile (all heads of a group)
   // Short causal sequences: half-height tiles, so less of each diagonal tile is masked
   // work (at N = 128 a 64-row tiling computes 1.5× the visible scores, a 32-row 1.24×).
@@ -77,6 +83,7 @@ struct FusedPlan {
   bool two_pass = false;    // diff only
   bool dot_scores = false;  // tiles have fewer rows than a batch: SIMD along D instead
   bool prefetch = false;    // decoding-shaped tiles: fetch the next K/V tile ahead
+  index_t stream_tile = key_tile;  // keys per tile in flash_stream
   /// Whether decoding fetches the next K/V tile ahead (prefetch_keys): measured helpful
   /// on the AVX-512 EPYC, harmful on the AVX2 Zen 3. Builds are told apart by the vector
   /// width, the only machine fact known at compile time.
@@ -117,8 +124,9 @@ struct ThreadWorkspace {
     return static_cast<std::size_t>(elements(p, sz, rows_pad, score_keys, diff)) * sizeof(T);
   }
 
+  /// `value_keys`: the most keys whose V rows are read at a time.
   void reserve(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
-               index_t score_keys, bool diff) {
+               index_t score_keys, index_t value_keys, bool diff) {
     qt1.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad);
     st1.reserve(score_keys * rows_pad);
     acc1.reserve(rows_pad * sz.dv_pad);
@@ -127,7 +135,7 @@ struct ThreadWorkspace {
       st2.reserve(score_keys * rows_pad);
       acc2.reserve(rows_pad * sz.dv_pad);
     }
-    if (sz.pack_values) values.reserve(FusedPlan::key_tile * sz.dv_pad);
+    if (sz.pack_values) values.reserve(value_keys * sz.dv_pad);
     stats.reserve(6 * rows_pad);  // m1, l1, m2, l2, λ per row, rescale factors
     if (diff) {  // two-pass tiles: the max each key tile used, and one tile of P
       tile_max.reserve(2 * FusedPlan::key_tiles(score_keys) * rows_pad);
@@ -374,7 +382,7 @@ inline void prefetch_bytes(const void* row, std::size_t bytes) {
 #endif
 }
 
-/// Prefetches the K (and K2) and V rows of the key tile starting at `first`, clipped to
+/// Prefetches the K (and K2) and V rows of keys [first, first + keys), clipped to
 /// `key_end`. Decoding tiles (a few query rows) do too little arithmetic per key for the
 /// hardware prefetcher alone to keep memory busy: fetching one key tile ahead took decode
 /// at Nk = 32768, d = 128, Hkv = 8 from 26 to 40 GB/s on the 2-core AVX-512 EPYC
@@ -386,10 +394,10 @@ inline void prefetch_bytes(const void* row, std::size_t bytes) {
 /// (FusedPlan::prefetch_decoding). Prefill tiles reuse each K/V tile from L1/L2 and skip it:
 /// on the Zen 3 prefetching there cost 7–9% of the standard kernel at N = 2048–8192.
 template <class T>
-void prefetch_keys(const FusedArgs<T>& a, const QueryTile& tile, index_t first, index_t key_end,
-                   bool second_keys) {
+void prefetch_keys(const FusedArgs<T>& a, const QueryTile& tile, index_t first, index_t keys,
+                   index_t key_end, bool second_keys) {
   const AttentionProblem& p = a.problem;
-  const index_t last = std::min(first + FusedPlan::key_tile, key_end);
+  const index_t last = std::min(first + keys, key_end);
   if (last <= first) return;
   // Rows one after another (the usual [.., Nk, D] layout) are one range: one prefetch per
   // cache line, without per-row address arithmetic (which cost 5× the prefetches).
@@ -418,9 +426,10 @@ void flash_stream(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile&
   // P·V only for the real rows: a decoding tile has a few rows in a rows_pad of a
   // whole batch.
   const index_t value_rows_used = a.problem.group * tile.positions();
-  for (index_t j0 = key_begin; j0 < key_end; j0 += FusedPlan::key_tile) {
-    const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
-    if (plan.prefetch) prefetch_keys(a, tile, j0 + FusedPlan::key_tile, key_end, second_state != nullptr);
+  const index_t tile_keys = plan.stream_tile;
+  for (index_t j0 = key_begin; j0 < key_end; j0 += tile_keys) {
+    const index_t count = std::min(tile_keys, key_end - j0);
+    if (plan.prefetch) prefetch_keys(a, tile, j0 + tile_keys, tile_keys, key_end, second_state != nullptr);
     score_keys(a, plan, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, ws.st1.data());
     flash_softmax_update(first_state, ws.st1.data(), rows_pad, count, sz.dv_pad, rescale);
     if (second_state != nullptr) {
@@ -609,7 +618,9 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   }
   plan.dot_scores = p.group * positions < micro_blocking<T>::lanes &&
                     p.head_dim >= micro_blocking<T>::lanes;
-  plan.prefetch = (plan.dot_scores || plan.split_keys) && FusedPlan::prefetch_decoding<T>();
+  const bool decoding = plan.dot_scores || plan.split_keys;
+  plan.prefetch = decoding && FusedPlan::prefetch_decoding<T>();
+  if (decoding && !plan.prefetch) plan.stream_tile = FusedPlan::decode_key_tile;
   plan.threads = resolve_threads(requested_threads, natural_tiles * plan.chunks);
   if (plan.two_pass) {
     auto total_bytes = [&] {
@@ -651,7 +662,8 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   const FusedSizes<T> sz(p);
   const FusedPlan plan = make_plan(a, sz, requested_threads, workspace_limit);
   const index_t rows_pad = FusedSizes<T>::rows_padded(p.group * plan.positions_per_tile);
-  const index_t score_keys = plan.two_pass ? std::max<index_t>(p.kv_len, 1) : FusedPlan::key_tile;
+  const index_t score_keys = plan.two_pass ? std::max<index_t>(p.kv_len, 1) : plan.stream_tile;
+  const index_t value_keys = plan.two_pass ? FusedPlan::key_tile : plan.stream_tile;
   const index_t maps = a.diff ? 2 : 1;
   const T logit_factor = static_cast<T>(p.scale * 1.4426950408889634074);
 
@@ -661,7 +673,7 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   if (workspaces.size() < static_cast<std::size_t>(plan.threads)) {
     workspaces.resize(static_cast<std::size_t>(plan.threads));
   }
-  for (int t = 0; t < plan.threads; ++t) workspaces[t].reserve(p, sz, rows_pad, score_keys, a.diff);
+  for (int t = 0; t < plan.threads; ++t) workspaces[t].reserve(p, sz, rows_pad, score_keys, value_keys, a.diff);
   ScratchArray<T>& chunk_storage = cache.chunk_storage;
   const index_t state_size = rows_pad * (sz.dv_pad + 2);
   if (plan.split_keys) chunk_storage.reserve(plan.tiles * plan.chunks * maps * state_size);
