@@ -25,7 +25,9 @@
 /// chunk's (max, sum, accumulator) is computed in parallel and the triples are merged in
 /// chunk order. The split depends on the shapes only, never on the thread count, and no
 /// result depends on how rows are grouped into tiles: outputs are bitwise identical for
-/// any number of threads.
+/// any number of threads. Decoding tiles read K and V from memory, not cache: AVX-512
+/// builds prefetch the next key tile; narrower builds, where that measured slower, stream
+/// 256-key tiles and read each K and V row whole and in address order (microkernels.hpp).
 
 #include <algorithm>
 #include <cmath>
