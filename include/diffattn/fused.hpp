@@ -62,9 +62,9 @@ struct FusedPlan {
   static constexpr index_t key_tile = 64;     // keys per tile (two-pass, and prefill)
   // Decoding tiles when they are not prefetched (prefetch_decoding): K and V come from
   // memory, and each tile switches the stream from K to V and back. At Nk = 32768,
-  // d = 128 on the Zen 3 (AVX2), medians of 30 interleaved runs, 64 → 256 keys took
-  // Hkv 8 from 20.2 to 24.4 GB/s on 2 threads and 11.3 to 12.6 on one, Hkv 2 17.4 to 20.3;
-  // 512 and 1024 were no better.
+  // d = 128 on the Zen 3 (AVX2), medians of 30 interleaved runs (15 on one thread),
+  // 64 → 256 keys took Hkv 8 from 20.2 to 24.4 GB/s on 2 threads and 11.3 to 12.6 on
+  // one, Hkv 2 17.4 to 20.3; 512 and 1024 were no better.
   static constexpr index_t decode_key_tile = 256;
   static constexpr index_t target_rows = 64;  // query rows per tile (all heads of a group)
   // Short causal sequences: half-height tiles, so less of each diagonal tile is masked
@@ -390,8 +390,8 @@ inline void prefetch_bytes(const void* row, std::size_t bytes) {
 /// at Nk = 32768, d = 128, Hkv = 8 from 26 to 40 GB/s on the 2-core AVX-512 EPYC
 /// (distances of 2 and 4 tiles were no better). On a 2-core Zen 3 (AVX2, 32 KB L1, the
 /// 64 KB of a d = 128 tile evicting itself) it cost 5–10%: medians of 40 interleaved runs
-/// without it vs with it, 17.3 vs 15.4 GB/s (Hkv 8, 2 threads) and 10.9 vs 9.9 (1 thread);
-/// spreading the prefetches over the tile, distances of 16–64 keys and the L2 hint
+/// (20 on one thread) without it vs with it, 17.3 vs 15.4 GB/s (Hkv 8, 2 threads) and
+/// 10.9 vs 9.9 (1 thread); spreading the prefetches over the tile, distances of 16–64 keys and the L2 hint
 /// (prefetcht1/t2) measured no better than none. So only AVX-512 builds prefetch
 /// (FusedPlan::prefetch_decoding). Prefill tiles reuse each K/V tile from L1/L2 and skip it:
 /// on the Zen 3 prefetching there cost 7–9% of the standard kernel at N = 2048–8192.

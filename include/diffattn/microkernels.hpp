@@ -206,7 +206,7 @@ inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t de
     // K from memory here, and walking MR rows side by side (MR streams) was slower:
     // key-major 22.1 vs 17.0 GB/s at Nk = 32768, d = 128, Hkv 8, 2 threads on a Zen 3
     // (medians of 40 interleaved runs; 18.1 vs 14.4 with Hkv 2, 12.0 vs 9.5 on one
-    // thread). Same sums in the same order.
+    // thread, 20 runs). Same sums in the same order.
     for (int m = 0; m < MR; ++m) {
       for (index_t c = 0; c < whole; c += lanes) {
         B key = B::load_unaligned(k + m * k_stride + c);
@@ -352,8 +352,9 @@ inline constexpr index_t value_by_key_rows = 4;
 /// column strips 2–4 vectors wide, each strip touching a line or two of every row, which
 /// the hardware prefetcher follows poorly; reading whole rows in order instead took
 /// decoding at Nk = 32768, d = 128 on a 2-core Zen 3 (AVX2), medians of 40 interleaved
-/// runs, from 10.3 to 12.9 GB/s with 4 query rows per kv head (2 threads) and from 8.8 to
-/// 10.0 GB/s with one (1 thread). Each output still sums its keys in order, as before.
+/// runs (20 on one thread), from 10.3 to 12.9 GB/s with 4 query rows per kv head
+/// (2 threads) and from 8.8 to 10.0 GB/s with one (1 thread). Each output still sums its
+/// keys in order, as before.
 template <class T>
 void value_tile(const T* pt, index_t pt_stride, index_t rows, index_t keys, const T* v,
                 index_t v_stride, index_t width, T* o, index_t o_stride) {
