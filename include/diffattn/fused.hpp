@@ -391,10 +391,11 @@ inline void prefetch_bytes(const void* row, std::size_t bytes) {
 /// (distances of 2 and 4 tiles were no better). On a 2-core Zen 3 (AVX2, 32 KB L1, the
 /// 64 KB of a d = 128 tile evicting itself) it cost 5–10%: medians of 40 interleaved runs
 /// (20 on one thread) without it vs with it, 17.3 vs 15.4 GB/s (Hkv 8, 2 threads) and
-/// 10.9 vs 9.9 (1 thread); spreading the prefetches over the tile, distances of 16–64 keys and the L2 hint
-/// (prefetcht1/t2) measured no better than none. So only AVX-512 builds prefetch
-/// (FusedPlan::prefetch_decoding). Prefill tiles reuse each K/V tile from L1/L2 and skip it:
-/// on the Zen 3 prefetching there cost 7–9% of the standard kernel at N = 2048–8192.
+/// 10.9 vs 9.9 (1 thread); spreading the prefetches over the tile, distances of 16–64
+/// keys and the L2 hint (prefetcht1/t2) measured no better than none. So only AVX-512
+/// builds prefetch (FusedPlan::prefetch_decoding). Prefill tiles reuse each K/V tile from
+/// L1/L2 and skip it: on the Zen 3 prefetching there cost 7–9% of the standard kernel at
+/// N = 2048–8192.
 template <class T>
 void prefetch_keys(const FusedArgs<T>& a, const QueryTile& tile, index_t first, index_t keys,
                    index_t key_end, bool second_keys) {
