@@ -240,8 +240,10 @@ inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t de
 template <class T, int R>
 void score_rows_dot(const T* k, index_t k_stride, index_t keys, const T* q, index_t depth, T* st,
                     index_t st_stride) {
-  // MR·R accumulators, R query vectors and a key vector must fit the register file: up to
-  // 4 keys × 4 rows with 32 registers; with 16 (AVX2), 8 chains or more at any R.
+  // AVX-512 (depth-major): MR·R accumulators, R query vectors and a key vector must fit
+  // the register file, up to 4 keys × 4 rows with 32 registers. AVX2 (key-major, the
+  // query vectors re-read from L1): MR·R = 8 or 9 accumulators in 16 registers, so one
+  // add tree of 8 sums (two for R = 3) ends each block.
   constexpr int MR = micro_blocking<T>::wide_file ? 4 : R == 1 ? 8 : R == 2 ? 4 : R == 3 ? 3 : 2;
   index_t j = 0;
   for (; j + MR <= keys; j += MR) {
