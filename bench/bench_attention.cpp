@@ -284,13 +284,12 @@ void BM_NaiveMaterialized(benchmark::State& state) {
   set_compute_counters(state, matched_flops(args.n, args.d, args.causal), 1);
 }
 
-/// Decoding: one query token per head against a long KV cache, grouped-query.
-void BM_Decode(benchmark::State& state) {
-  const index_t kv_len = state.range(0), d = 128, q_heads = 8, kv_heads = state.range(1);
+/// One query token per head (8 heads, d = 128) against K/V [1, Hkv, Nk, d] views,
+/// grouped-query; counts the bytes of K and V read.
+void run_decode(benchmark::State& state, TensorView<const float, 4> k, TensorView<const float, 4> v) {
+  const index_t q_heads = 8, d = k.extent(3), kv_heads = k.extent(1), kv_len = k.extent(2);
   const int threads = state.range(2) == 0 ? all_threads() : static_cast<int>(state.range(2));
   auto q = random_tensor({1, q_heads, 1, d}, 11);
-  auto k = random_tensor({1, kv_heads, kv_len, d}, 12);
-  auto v = random_tensor({1, kv_heads, kv_len, d}, 13);
   Tensor<float, 4> out({1, q_heads, 1, d});
   diffattn::AttentionOptions<float> options;
   options.threads = threads;
@@ -303,6 +302,35 @@ void BM_Decode(benchmark::State& state) {
   state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = threads;
   state.counters["RSS_MiB"] = peak_rss_mib();
+}
+
+/// Decoding: K/V as [1, Hkv, Nk, d] tensors.
+void BM_Decode(benchmark::State& state) {
+  const index_t kv_len = state.range(0), d = 128, kv_heads = state.range(1);
+  const auto k = random_tensor({1, kv_heads, kv_len, d}, 12);
+  const auto v = random_tensor({1, kv_heads, kv_len, d}, 13);
+  run_decode(state, k, v);
+}
+
+/// Decoding from a diffattn::KVCache filled with Nk tokens, the way the blocks decode.
+void BM_DecodeKVCache(benchmark::State& state) {
+  const index_t kv_len = state.range(0), d = 128, kv_heads = state.range(1);
+  diffattn::KVCache<float> cache(1, kv_len, kv_heads, d, kv_heads, d);
+  {
+    const auto k = random_tensor({1, kv_len, kv_heads, d}, 12);
+    const auto v = random_tensor({1, kv_len, kv_heads, d}, 13);
+    cache.append(k, v);
+  }
+  run_decode(state, diffattn::bnhd_to_bhnd(cache.keys()), diffattn::bnhd_to_bhnd(cache.values()));
+}
+
+/// Decoding from K/V kept in the projection layout [1, Nk, Hkv, d] (a head's rows
+/// Hkv·d apart), read through [B, H, N, D] views: what a cache in that layout costs.
+void BM_DecodeProjectionLayout(benchmark::State& state) {
+  const index_t kv_len = state.range(0), d = 128, kv_heads = state.range(1);
+  const auto k = random_tensor({1, kv_len, kv_heads, d}, 12);
+  const auto v = random_tensor({1, kv_len, kv_heads, d}, 13);
+  run_decode(state, diffattn::bnhd_to_bhnd(k.view()), diffattn::bnhd_to_bhnd(v.view()));
 }
 
 /// N = 65536, one differential head: the memory target (resident memory beyond inputs).
@@ -360,6 +388,11 @@ void register_benchmarks(bool full) {
     for (index_t kv_heads : {8, 2}) {
       benchmark::RegisterBenchmark("Decode", BM_Decode)->Args({kv_len, kv_heads, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
     }
+  }
+  for (index_t kv_heads : {8, 2}) {  // the same decode, K/V stored two other ways
+    const std::vector<int64_t> args{32768, kv_heads, 0};
+    benchmark::RegisterBenchmark("DecodeKVCache", BM_DecodeKVCache)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark("DecodeProjectionLayout", BM_DecodeProjectionLayout)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
   }
   if (full) {
     benchmark::RegisterBenchmark("LongSequenceMemory", BM_LongSequenceMemory)->Arg(65536)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();

@@ -53,6 +53,28 @@ TYPED_TEST(KVCacheTest, AppendsAndReadsBack) {
   EXPECT_EQ(cache.remaining(), 6);
 }
 
+TYPED_TEST(KVCacheTest, StoresEachHeadsRowsOneAfterAnother) {
+  // Decoding streams a head's keys and values from memory: in kernel layout
+  // [B, H, N, D] the cached rows must be adjacent, not heads × width apart.
+  using T = TypeParam;
+  std::mt19937_64 rng(33);
+  KVCache<T> cache(2, 7, 3, 4, 2, 8);
+  const Tensor<T, 4> keys = random_tensor<T, 4>({2, 5, 3, 4}, rng);
+  const Tensor<T, 4> values = random_tensor<T, 4>({2, 5, 2, 8}, rng);
+  cache.append(keys, values);
+  const auto k = diffattn::bnhd_to_bhnd(cache.keys());
+  const auto v = diffattn::bnhd_to_bhnd(cache.values());
+  EXPECT_EQ(k.stride(3), 1);
+  EXPECT_EQ(k.stride(2), 4);
+  EXPECT_EQ(k.stride(1), 7 * 4);
+  EXPECT_EQ(v.stride(2), 8);
+  EXPECT_EQ(v.stride(1), 7 * 8);
+  // And the rows are the ones appended.
+  EXPECT_EQ(&k(1, 2, 4, 3) - &k(1, 2, 3, 0), 7);
+  EXPECT_EQ(k(1, 2, 4, 3), keys(1, 4, 2, 3));
+  EXPECT_EQ(v(0, 1, 3, 5), values(0, 3, 1, 5));
+}
+
 TYPED_TEST(KVCacheTest, AcceptsStridedInput) {
   using T = TypeParam;
   std::mt19937_64 rng(32);

@@ -6,16 +6,25 @@
 #include <stdexcept>
 
 #include "diffattn/errors.hpp"
+#include "diffattn/layouts.hpp"
 #include "diffattn/tensor.hpp"
 #include "diffattn/validation.hpp"
 
 namespace diffattn {
 
 /// Fixed-capacity storage for post-RoPE keys and values of `batch` sequences that
-/// advance together. Kept in the projection layout [B, capacity, heads, width] — the
-/// layout a block's projections produce — so appending is a row copy and the blocks
+/// advance together. keys() and values() are views in the projection layout
+/// [B, length, heads, width] — the layout a block's projections produce — so the blocks
 /// read the cached tokens through the same views as a fresh projection. The number of
 /// tokens stored is also the position of the next token (its RoPE offset).
+///
+/// The storage itself is head-major, [B, heads, capacity, width]: each head's rows lie
+/// one after another, which is how decoding reads them, from memory. In the projection
+/// layout a head's consecutive rows are heads × width apart (4 KB at 8 heads of 128
+/// floats), each row on its own page, and the hardware prefetchers do not follow:
+/// decoding Nq = 1 against Nk = 32768, d = 128, 8 query heads on a 2-core Zen 3 (AVX2),
+/// medians of 20 runs, read 8.4 GB/s from [B, N, H, D] vs 21.0 from [B, H, N, D]
+/// (Hkv = 8, 2 threads), 7.2 vs 18.3 (Hkv = 2), 3.6 vs 11.5 (Hkv = 8, 1 thread).
 template <class T>
 class KVCache {
  public:
@@ -27,14 +36,14 @@ class KVCache {
   /// std::invalid_argument for a negative extent.
   KVCache(index_t batch, index_t capacity, index_t key_heads, index_t key_dim, index_t value_heads,
           index_t value_dim)
-      : keys_(checked_shape({batch, capacity, key_heads, key_dim}, key_names)),
-        values_(checked_shape({batch, capacity, value_heads, value_dim}, value_names)) {}
+      : keys_(head_major(checked_shape({batch, capacity, key_heads, key_dim}, key_names))),
+        values_(head_major(checked_shape({batch, capacity, value_heads, value_dim}, value_names))) {}
 
   index_t batch() const noexcept { return keys_.extent(0); }
-  index_t capacity() const noexcept { return keys_.extent(1); }
-  index_t key_heads() const noexcept { return keys_.extent(2); }
+  index_t capacity() const noexcept { return keys_.extent(2); }
+  index_t key_heads() const noexcept { return keys_.extent(1); }
   index_t key_dim() const noexcept { return keys_.extent(3); }
-  index_t value_heads() const noexcept { return values_.extent(2); }
+  index_t value_heads() const noexcept { return values_.extent(1); }
   index_t value_dim() const noexcept { return values_.extent(3); }
 
   /// Tokens stored per sequence; the position the next appended token gets.
@@ -43,9 +52,9 @@ class KVCache {
   index_t remaining() const noexcept { return capacity() - length_; }
 
   /// The cached keys [B, length, key_heads, key_dim] (bnhd_to_bhnd gives kernel layout).
-  TensorView<const T, 4> keys() const { return keys_.view().slice(1, 0, length_); }
+  TensorView<const T, 4> keys() const { return stored_keys().slice(1, 0, length_); }
   /// The cached values [B, length, value_heads, value_dim].
-  TensorView<const T, 4> values() const { return values_.view().slice(1, 0, length_); }
+  TensorView<const T, 4> values() const { return stored_values().slice(1, 0, length_); }
 
   /// Appends n tokens to every sequence: keys [B, n, key_heads, key_dim], values
   /// [B, n, value_heads, value_dim]; any strides. Throws diffattn::shape_error, and
@@ -56,8 +65,8 @@ class KVCache {
     detail::check_no_alias(fn, "cache", keys_.view(), "keys", keys);
     detail::check_no_alias(fn, "cache", values_.view(), "values", values);
     const index_t added = keys.extent(1);
-    copy_rows(keys, keys_.view().slice(1, length_, length_ + added));
-    copy_rows(values, values_.view().slice(1, length_, length_ + added));
+    copy_rows(keys, bhnd_to_bnhd(keys_.view()).slice(1, length_, length_ + added));
+    copy_rows(values, bhnd_to_bnhd(values_.view()).slice(1, length_, length_ + added));
     length_ += added;
   }
 
@@ -78,14 +87,21 @@ class KVCache {
     }
     return shape;
   }
+  /// [B, N, H, D] → the storage shape [B, H, N, D].
+  static std::array<index_t, 4> head_major(const std::array<index_t, 4>& shape) {
+    return {shape[0], shape[2], shape[1], shape[3]};
+  }
+  /// The whole capacity in the projection layout [B, capacity, heads, width].
+  TensorView<const T, 4> stored_keys() const { return bhnd_to_bnhd(keys_.view()); }
+  TensorView<const T, 4> stored_values() const { return bhnd_to_bnhd(values_.view()); }
 
   void check_append(const std::array<index_t, 4>& key_shape,
                     const std::array<index_t, 4>& value_shape) const {
     constexpr const char* fn = "KVCache::append";
     static constexpr const char* names[4] = {"B", "n", "heads", "width"};
     for (std::size_t d : {0, 2, 3}) {
-      detail::check_extent(fn, "keys", d, names[d], keys_.extent(d), key_shape[d]);
-      detail::check_extent(fn, "values", d, names[d], values_.extent(d), value_shape[d]);
+      detail::check_extent(fn, "keys", d, names[d], stored_keys().extent(d), key_shape[d]);
+      detail::check_extent(fn, "values", d, names[d], stored_values().extent(d), value_shape[d]);
     }
     detail::check_extent(fn, "values", 1, "n", key_shape[1], value_shape[1]);
     if (key_shape[1] > remaining()) {
@@ -95,18 +111,19 @@ class KVCache {
     }
   }
 
+  /// [B, n, H, D] into [B, n, H, D]; heads outermost, so the writes go row after row.
   static void copy_rows(TensorView<const T, 4> from, TensorView<T, 4> to) {
     for (index_t b = 0; b < from.extent(0); ++b) {
-      for (index_t n = 0; n < from.extent(1); ++n) {
-        for (index_t h = 0; h < from.extent(2); ++h) {
+      for (index_t h = 0; h < from.extent(2); ++h) {
+        for (index_t n = 0; n < from.extent(1); ++n) {
           for (index_t c = 0; c < from.extent(3); ++c) to(b, n, h, c) = from(b, n, h, c);
         }
       }
     }
   }
 
-  Tensor<T, 4> keys_;
-  Tensor<T, 4> values_;
+  Tensor<T, 4> keys_;    // [B, key_heads, capacity, key_dim]
+  Tensor<T, 4> values_;  // [B, value_heads, capacity, value_dim]
   index_t length_ = 0;
 };
 
