@@ -272,6 +272,27 @@ TYPED_TEST(FusedTest, DecodingTilesMatchReference) {
   }
 }
 
+// Decoding from K/V whose kv heads interleave token by token ([B, N, H, D] storage, and
+// the head-pair layouts built on it): every kv head streams in the same work item
+// (FusedPlan::heads_together), over chunks with a ragged last one.
+TYPED_TEST(FusedTest, DecodingInterleavedHeadsMatchesReference) {
+  const Layout layouts[] = {Layout::permuted, Layout::interleaved_pairs, Layout::half_split_pairs};
+  for (std::uint64_t seed = 5200; seed < 5209; ++seed) {
+    Case c = draw_case(seed);
+    c.batch = 1 + seed % 2;
+    c.kv_heads = 2 + seed % 2;
+    c.group = seed % 3 == 0 ? 1 : 2 * (seed % 3);
+    c.q_len = 1 + seed % 2;
+    c.kv_len = 4096 + 1000 * (seed % 2) + 29 + static_cast<index_t>(seed % 7);
+    c.head_dim = 64 - static_cast<index_t>(seed % 2);
+    c.value_dim = 128;
+    c.layout = layouts[seed % 3];
+    c.workspace_limit = std::size_t{64} << 20;
+    c.threads = 1 + seed % 3;
+    run_case<TypeParam>(c);
+  }
+}
+
 // The accuracy contract is stated for Nk <= 4096 and D <= 256: test its corner, with
 // queries that see (almost) all 4096 keys.
 TYPED_TEST(FusedTest, LongestContractedSequenceMatchesReference) {
@@ -331,6 +352,10 @@ TYPED_TEST(FusedTest, BitwiseIdenticalForAnyThreadCount) {
   decoding.batch = 1;
   decoding.kv_heads = 1;
   cases.push_back(decoding);
+  Case interleaved = decoding;  // every kv head per work item
+  interleaved.kv_heads = 3;
+  interleaved.layout = Layout::permuted;
+  cases.push_back(interleaved);
   for (const Case& c : cases) {
     SCOPED_TRACE(c.describe());
     const auto one = outputs_with_threads<T>(c, 1);

@@ -23,15 +23,19 @@
 ///
 /// Decoding: with few query tiles and long Nk the keys are split in fixed chunks, each
 /// chunk's (max, sum, accumulator) is computed in parallel and the triples are merged in
-/// chunk order. The split depends on the shapes only, never on the thread count, and no
-/// result depends on how rows are grouped into tiles: outputs are bitwise identical for
-/// any number of threads. Decoding tiles read K and V from memory, not cache: AVX-512
-/// builds prefetch the next key tile; narrower builds, where that measured slower, stream
-/// 256-key tiles and read each K and V row whole and in address order (microkernels.hpp).
+/// chunk order. The split depends on the shapes and the K/V layout only, never on the
+/// thread count, and no result depends on how rows are grouped into tiles: outputs are
+/// bitwise identical for any number of threads. Decoding tiles read K and V from memory,
+/// not cache: AVX-512 builds prefetch the next key tile; narrower builds, where that
+/// measured slower, stream 256-key tiles and read each K and V row whole and in address
+/// order (microkernels.hpp). When the kv heads of a token lie side by side ([B, N, H, D]
+/// storage), one work item takes a key chunk of every kv head, so that memory is read
+/// in order rather than one row per page (flash_stream_heads).
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -66,6 +70,12 @@ struct FusedPlan {
   // 64 → 256 keys took Hkv 8 from 20.2 to 24.4 GB/s on 2 threads and 11.3 to 12.6 on
   // one, Hkv 2 17.4 to 20.3; 512 and 1024 were no better.
   static constexpr index_t decode_key_tile = 256;
+  // Decoding with every kv head per item (heads_together): K (or V) rows of all heads per
+  // key tile, at least 16 keys. Nk = 32768, d = 128, [B, N, H, D] K/V on the Zen 3,
+  // medians of 30 interleaved runs (15 on one thread): 128 rows vs 256, Hkv 8 19.5 vs
+  // 16.1 GB/s (2 threads) and 11.9 vs 9.8 (1 thread), Hkv 2 12.3 vs 11.4; 64 and 512
+  // rows were no better than 128.
+  static constexpr index_t heads_key_rows = 128;
   static constexpr index_t target_rows = 64;  // query rows per tile (all heads of a group)
   // Short causal sequences: half-height tiles, so less of each diagonal tile is masked
   // work (at N = 128 a 64-row tiling computes 1.5× the visible scores, a 32-row 1.24×).
@@ -85,6 +95,7 @@ struct FusedPlan {
   bool two_pass = false;    // diff only
   bool dot_scores = false;  // tiles have fewer rows than a batch: SIMD along D instead
   bool prefetch = false;    // decoding-shaped tiles: fetch the next K/V tile ahead
+  bool heads_together = false;  // decoding, kv heads interleaved: items span every kv head
   index_t stream_tile = key_tile;  // keys per tile in flash_stream
   /// Whether decoding fetches the next K/V tile ahead (prefetch_keys): measured helpful
   /// on the AVX-512 EPYC, harmful on the AVX2 Zen 3. Builds are told apart by the vector
@@ -126,15 +137,17 @@ struct ThreadWorkspace {
     return static_cast<std::size_t>(elements(p, sz, rows_pad, score_keys, diff)) * sizeof(T);
   }
 
-  /// `value_keys`: the most keys whose V rows are read at a time.
+  /// `value_keys`: the most keys whose V rows are read at a time; `query_tiles`: how many
+  /// tiles' packed queries and scores are held at once (every kv head's, with
+  /// heads_together).
   void reserve(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
-               index_t score_keys, index_t value_keys, bool diff) {
-    qt1.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad);
-    st1.reserve(score_keys * rows_pad);
+               index_t score_keys, index_t value_keys, index_t query_tiles, bool diff) {
+    qt1.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad * query_tiles);
+    st1.reserve(score_keys * rows_pad * query_tiles);
     acc1.reserve(rows_pad * sz.dv_pad);
     if (diff) {
-      qt2.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad);
-      st2.reserve(score_keys * rows_pad);
+      qt2.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad * query_tiles);
+      st2.reserve(score_keys * rows_pad * query_tiles);
       acc2.reserve(rows_pad * sz.dv_pad);
     }
     if (sz.pack_values) values.reserve(value_keys * sz.dv_pad);
@@ -418,34 +431,111 @@ void prefetch_keys(const FusedArgs<T>& a, const QueryTile& tile, index_t first, 
   prefetch_rows(a.v, p.value_dim);
 }
 
-/// Streams keys [key_begin, key_end) through one or (diff, streaming) two online
-/// softmax states. Both maps share each V tile; when k2 is k1 (the "V2" form), map 2
-/// re-reads the K tile map 1 just brought into L1/L2, so memory sees it once.
+/// Keys [j0, j0 + count) through one or (diff, streaming) two online softmax states,
+/// with the tile's queries packed at qt1 (and qt2): scores into st1 (and st2), turned
+/// into P with (m, l) updated and the accumulators rescaled. key_tile_values finishes it.
+template <class T>
+void key_tile_scores(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile& tile, index_t rows_pad,
+                     const FusedSizes<T>& sz, ThreadWorkspace<T>& ws, const T* qt1, const T* qt2, T* st1,
+                     T* st2, index_t j0, index_t count, FlashState<T> first_state,
+                     const FlashState<T>* second_state) {
+  T* rescale = ws.stats.data() + 5 * rows_pad;
+  score_keys(a, plan, a.k1, tile, rows_pad, qt1, j0, count, st1);
+  flash_softmax_update(first_state, st1, rows_pad, count, sz.dv_pad, rescale);
+  if (second_state != nullptr) {
+    score_keys(a, plan, a.k2, tile, rows_pad, qt2, j0, count, st2);
+    flash_softmax_update(*second_state, st2, rows_pad, count, sz.dv_pad, rescale);
+  }
+}
+
+/// acc += P·V for the key tile key_tile_scores left in st1 (and st2). Both maps share
+/// the V tile; when k2 is k1 (the "V2" form), map 2 re-read the K tile map 1 had just
+/// brought into L1/L2, so memory sees each tile once.
+template <class T>
+void key_tile_values(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad, const FusedSizes<T>& sz,
+                     ThreadWorkspace<T>& ws, const T* st1, const T* st2, index_t j0, index_t count,
+                     FlashState<T> first_state, const FlashState<T>* second_state) {
+  // P·V only for the real rows: a decoding tile has a few rows in a rows_pad of a
+  // whole batch.
+  const index_t value_rows_used = a.problem.group * tile.positions();
+  index_t v_stride = 0;
+  const T* v = value_rows(a, sz, tile, j0, count, ws.values.data(), v_stride);
+  value_tile(st1, rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad, first_state.acc, sz.dv_pad);
+  if (second_state != nullptr) {
+    value_tile(st2, rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad, second_state->acc, sz.dv_pad);
+  }
+}
+
+/// Streams keys [key_begin, key_end) through the tile's state(s), plan.stream_tile keys
+/// at a time.
 template <class T>
 void flash_stream(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile& tile, index_t rows_pad,
                   const FusedSizes<T>& sz, ThreadWorkspace<T>& ws, index_t key_begin,
                   index_t key_end, FlashState<T> first_state, const FlashState<T>* second_state) {
-  T* rescale = ws.stats.data() + 5 * rows_pad;
-  // P·V only for the real rows: a decoding tile has a few rows in a rows_pad of a
-  // whole batch.
-  const index_t value_rows_used = a.problem.group * tile.positions();
   const index_t tile_keys = plan.stream_tile;
   for (index_t j0 = key_begin; j0 < key_end; j0 += tile_keys) {
     const index_t count = std::min(tile_keys, key_end - j0);
     if (plan.prefetch) prefetch_keys(a, tile, j0 + tile_keys, tile_keys, key_end, second_state != nullptr);
-    score_keys(a, plan, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, ws.st1.data());
-    flash_softmax_update(first_state, ws.st1.data(), rows_pad, count, sz.dv_pad, rescale);
-    if (second_state != nullptr) {
-      score_keys(a, plan, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, ws.st2.data());
-      flash_softmax_update(*second_state, ws.st2.data(), rows_pad, count, sz.dv_pad, rescale);
+    key_tile_scores(a, plan, tile, rows_pad, sz, ws, ws.qt1.data(), ws.qt2.data(), ws.st1.data(), ws.st2.data(),
+                    j0, count, first_state, second_state);
+    key_tile_values(a, tile, rows_pad, sz, ws, ws.st1.data(), ws.st2.data(), j0, count, first_state,
+                    second_state);
+  }
+}
+
+/// Whether a K or V view keeps the kv heads of one token next to each other and a head's
+/// rows apart (the projection layout [B, N, H, D]), rather than each head's rows in a run.
+template <class T>
+bool heads_interleaved(TensorView<const T, 4> t) {
+  return t.extent(1) > 1 && std::abs(t.stride(1)) < std::abs(t.stride(2));
+}
+
+/// One heads_together item: every kv head of one (batch, query tile) against one key
+/// chunk, the chunk states at chunk_state(tile index, map). Per key tile the heads run
+/// one after another, so the memory under the tile — every head's rows, interleaved —
+/// is read whole before the next, instead of each head streaming rows H·D apart, one per
+/// page, which the hardware prefetchers do not follow.
+template <class T, class ChunkState>
+void flash_stream_heads(const FusedArgs<T>& a, const FusedPlan& plan, index_t item, index_t rows_pad,
+                        const FusedSizes<T>& sz, ThreadWorkspace<T>& ws, T logit_factor,
+                        const ChunkState& chunk_state) {
+  const AttentionProblem& p = a.problem;
+  const index_t chunk = item % plan.chunks;
+  const index_t batch = item / plan.chunks / plan.tiles_per_group;
+  const index_t query_tile = item / plan.chunks % plan.tiles_per_group;
+  auto tile_index = [&](index_t kv_head) { return (batch * p.kv_heads + kv_head) * plan.tiles_per_group + query_tile; };
+  const index_t q_size = std::max<index_t>(p.head_dim, 1) * rows_pad;
+  const index_t s_size = plan.stream_tile * rows_pad;
+  for (index_t h = 0; h < p.kv_heads; ++h) {
+    const QueryTile tile = tile_at(p, plan, tile_index(h));
+    pack_queries(a.q1, p, tile, rows_pad, plan.dot_scores, logit_factor, ws.qt1.data() + h * q_size);
+    flash_reset(chunk_state(tile_index(h), chunk, 0), rows_pad, sz.dv_pad);
+    if (a.diff) {
+      pack_queries(a.q2, p, tile, rows_pad, plan.dot_scores, logit_factor, ws.qt2.data() + h * q_size);
+      flash_reset(chunk_state(tile_index(h), chunk, 1), rows_pad, sz.dv_pad);
     }
-    index_t v_stride = 0;
-    const T* v = value_rows(a, sz, tile, j0, count, ws.values.data(), v_stride);
-    value_tile(ws.st1.data(), rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad,
-               first_state.acc, sz.dv_pad);
-    if (second_state != nullptr) {
-      value_tile(ws.st2.data(), rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad,
-                 second_state->acc, sz.dv_pad);
+  }
+  const QueryTile any_tile = tile_at(p, plan, tile_index(0));  // every head sees the same keys
+  const index_t key_begin = chunk * plan.key_chunk;
+  const index_t key_end = std::min(p.key_limit(any_tile.last - 1), key_begin + plan.key_chunk);
+  for (index_t j0 = key_begin; j0 < key_end; j0 += plan.stream_tile) {
+    const index_t count = std::min(plan.stream_tile, key_end - j0);
+    // Every head's K rows of the tile, then every head's V rows: two regions read whole.
+    for (int pass = 0; pass < 2; ++pass) {
+      for (index_t h = 0; h < p.kv_heads; ++h) {
+        const QueryTile tile = tile_at(p, plan, tile_index(h));
+        const FlashState<T> first = chunk_state(tile_index(h), chunk, 0);
+        const FlashState<T> second = a.diff ? chunk_state(tile_index(h), chunk, 1) : FlashState<T>{};
+        T* st1 = ws.st1.data() + h * s_size;
+        T* st2 = a.diff ? ws.st2.data() + h * s_size : nullptr;
+        if (pass == 0) {
+          key_tile_scores(a, plan, tile, rows_pad, sz, ws, ws.qt1.data() + h * q_size,
+                          a.diff ? ws.qt2.data() + h * q_size : nullptr, st1, st2, j0, count, first,
+                          a.diff ? &second : nullptr);
+        } else {
+          key_tile_values(a, tile, rows_pad, sz, ws, st1, st2, j0, count, first, a.diff ? &second : nullptr);
+        }
+      }
     }
   }
 }
@@ -600,11 +690,12 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   index_t positions = std::max<index_t>(1, rows_wanted / p.group);
   positions = std::min(positions, std::max<index_t>(p.q_len, 1));
   const index_t natural_tiles = groups * ((p.q_len + positions - 1) / positions);
-  if (natural_tiles < 8 && p.kv_len >= 4 * FusedPlan::split_chunk_min) {
-    // About split_items work items in all: long chunks stream better (each chunk starts
-    // cold and adds a merge). Nk = 32768, 2 tiles, 2 threads, medians of 8 runs:
-    // 1024-key chunks 36 GB/s, 4096-key chunks 39 GB/s.
-    const index_t chunks_wanted = (FusedPlan::split_items + natural_tiles - 1) / natural_tiles;
+  // Splits the keys in chunks, about split_items work items in all over `item_rows`
+  // items per chunk; false (and no split) when the per-chunk states would not fit.
+  // Long chunks stream better (each chunk starts cold and adds a merge). Nk = 32768,
+  // 2 tiles, 2 threads, medians of 8 runs: 1024-key chunks 36 GB/s, 4096-key 39 GB/s.
+  auto split_keys = [&](index_t item_rows) {
+    const index_t chunks_wanted = (FusedPlan::split_items + item_rows - 1) / item_rows;
     const index_t key_chunk = std::max(
         FusedPlan::split_chunk_min,
         round_up((p.kv_len + chunks_wanted - 1) / chunks_wanted, FusedPlan::key_tile));
@@ -612,19 +703,32 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
     const index_t state_bytes = natural_tiles * chunks * (a.diff ? 2 : 1) *
                                 FusedSizes<T>::rows_padded(p.group * positions) *
                                 (sz.dv_pad + 2) * static_cast<index_t>(sizeof(T));
-    if (static_cast<std::size_t>(state_bytes) <= workspace_limit / 2) {
-      plan.key_chunk = key_chunk;
-      plan.chunks = chunks;
-      plan.split_keys = true;
-      plan.two_pass = false;  // decoding: bandwidth-bound, stream both maps
-    }
-  }
+    if (static_cast<std::size_t>(state_bytes) > workspace_limit / 2) return false;
+    plan.key_chunk = key_chunk;
+    plan.chunks = chunks;
+    plan.split_keys = true;
+    plan.two_pass = false;  // decoding: bandwidth-bound, stream both maps
+    return true;
+  };
+  const bool long_keys = p.kv_len >= 4 * FusedPlan::split_chunk_min;
+  if (natural_tiles < 8 && long_keys) split_keys(natural_tiles);
   plan.dot_scores = p.group * positions < micro_blocking<T>::lanes &&
                     p.head_dim >= micro_blocking<T>::lanes;
   const bool decoding = plan.dot_scores || plan.split_keys;
   plan.prefetch = decoding && FusedPlan::prefetch_decoding<T>();
   if (decoding && !plan.prefetch) plan.stream_tile = FusedPlan::decode_key_tile;
-  plan.threads = resolve_threads(requested_threads, natural_tiles * plan.chunks);
+  index_t items = natural_tiles * plan.chunks;
+  const bool interleaved = heads_interleaved(a.k1) && heads_interleaved(a.v) && (!a.diff || heads_interleaved(a.k2));
+  const index_t head_items = natural_tiles / p.kv_heads;  // (batch, query tile) pairs
+  if (decoding && interleaved && long_keys && split_keys(head_items)) {
+    // Every kv head in each item (flash_stream_heads); neither measured nor tried on
+    // AVX-512, so the per-head prefetch is off there too.
+    plan.heads_together = true;
+    plan.prefetch = false;
+    plan.stream_tile = std::max(FusedPlan::key_tile / 4, FusedPlan::heads_key_rows / p.kv_heads);
+    items = head_items * plan.chunks;
+  }
+  plan.threads = resolve_threads(requested_threads, items);
   if (plan.two_pass) {
     auto total_bytes = [&] {
       return static_cast<std::size_t>(plan.threads) *
@@ -676,7 +780,10 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   if (workspaces.size() < static_cast<std::size_t>(plan.threads)) {
     workspaces.resize(static_cast<std::size_t>(plan.threads));
   }
-  for (int t = 0; t < plan.threads; ++t) workspaces[t].reserve(p, sz, rows_pad, score_keys, value_keys, a.diff);
+  const index_t query_tiles = plan.heads_together ? p.kv_heads : 1;
+  for (int t = 0; t < plan.threads; ++t) {
+    workspaces[t].reserve(p, sz, rows_pad, score_keys, value_keys, query_tiles, a.diff);
+  }
   ScratchArray<T>& chunk_storage = cache.chunk_storage;
   const index_t state_size = rows_pad * (sz.dv_pad + 2);
   if (plan.split_keys) chunk_storage.reserve(plan.tiles * plan.chunks * maps * state_size);
@@ -685,7 +792,7 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
     return FlashState<T>{base, base + rows_pad, base + 2 * rows_pad};
   };
 
-  const index_t items = plan.tiles * plan.chunks;
+  const index_t items = (plan.heads_together ? plan.tiles / p.kv_heads : plan.tiles) * plan.chunks;
   // Causal tiles late in the sequence cost the most: hand them out first.
   auto item_at = [&](index_t w) { return p.causal ? items - 1 - w : w; };
 
@@ -700,6 +807,10 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
 #endif
     for (index_t w = 0; w < items; ++w) {
       const index_t item = item_at(w);
+      if (plan.heads_together) {
+        flash_stream_heads(a, plan, item, rows_pad, sz, ws, logit_factor, chunk_state);
+        continue;
+      }
       const index_t tile_index = item / plan.chunks;
       const index_t chunk = item % plan.chunks;
       const QueryTile tile = tile_at(p, plan, tile_index);
