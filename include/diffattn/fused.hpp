@@ -96,6 +96,10 @@ struct FusedPlan {
   bool dot_scores = false;  // tiles have fewer rows than a batch: SIMD along D instead
   bool prefetch = false;    // decoding-shaped tiles: fetch the next K/V tile ahead
   bool heads_together = false;  // decoding, kv heads interleaved: items span every kv head
+  // Prefill tiles whose K (V) rows are not adjacent in memory copy each key tile into a
+  // packed buffer first (pack_key_tile), and V tiles too when their width needs padding.
+  bool pack_keys = false;
+  bool pack_values = false;
   index_t stream_tile = key_tile;  // keys per tile in flash_stream
   /// Whether decoding fetches the next K/V tile ahead (prefetch_keys): measured helpful
   /// on the AVX-512 EPYC, harmful on the AVX2 Zen 3. Builds are told apart by the vector
@@ -121,7 +125,7 @@ struct FusedSizes {
 /// Per-thread scratch: packed Qᵀ, transposed scores, accumulators and row statistics.
 template <class T>
 struct ThreadWorkspace {
-  ScratchArray<T> qt1, qt2, st1, st2, values, acc1, acc2, stats;
+  ScratchArray<T> qt1, qt2, st1, st2, keys, values, acc1, acc2, stats;
   ScratchArray<T> tile_max, p_tile;  // two-pass diff only
 
   /// Elements for a tile of `rows_pad` rows whose scores span `score_keys` keys.
@@ -129,19 +133,24 @@ struct ThreadWorkspace {
                           index_t score_keys, bool diff) {
     const index_t maps = diff ? 2 : 1;
     const index_t two_pass = diff ? (2 * FusedPlan::key_tiles(score_keys) + FusedPlan::key_tile) * rows_pad : 0;
+    // Packed K and V tiles counted whether or not the plan packs them.
     return maps * (p.head_dim * rows_pad + score_keys * rows_pad + rows_pad * sz.dv_pad) +
-           (sz.pack_values ? FusedPlan::key_tile * sz.dv_pad : 0) + 6 * rows_pad + two_pass;
+           FusedPlan::key_tile * (p.head_dim + sz.dv_pad) + 6 * rows_pad + two_pass;
   }
   static std::size_t bytes(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
                            index_t score_keys, bool diff) {
     return static_cast<std::size_t>(elements(p, sz, rows_pad, score_keys, diff)) * sizeof(T);
   }
 
-  /// `value_keys`: the most keys whose V rows are read at a time; `query_tiles`: how many
-  /// tiles' packed queries and scores are held at once (every kv head's, with
-  /// heads_together).
-  void reserve(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
-               index_t score_keys, index_t value_keys, index_t query_tiles, bool diff) {
+  /// Scratch for tiles of `rows_pad` rows under `plan`.
+  void reserve(const AttentionProblem& p, const FusedSizes<T>& sz, const FusedPlan& plan, index_t rows_pad,
+               bool diff) {
+    // Scores span every key (two-pass) or one stream tile; V rows are read a key tile at
+    // a time (two-pass) or a stream tile; with heads_together every kv head's packed
+    // queries and scores are held at once.
+    const index_t score_keys = plan.two_pass ? std::max<index_t>(p.kv_len, 1) : plan.stream_tile;
+    const index_t value_keys = plan.two_pass ? FusedPlan::key_tile : plan.stream_tile;
+    const index_t query_tiles = plan.heads_together ? p.kv_heads : 1;
     qt1.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad * query_tiles);
     st1.reserve(score_keys * rows_pad * query_tiles);
     acc1.reserve(rows_pad * sz.dv_pad);
@@ -150,7 +159,8 @@ struct ThreadWorkspace {
       st2.reserve(score_keys * rows_pad * query_tiles);
       acc2.reserve(rows_pad * sz.dv_pad);
     }
-    if (sz.pack_values) values.reserve(value_keys * sz.dv_pad);
+    if (plan.pack_keys) keys.reserve(FusedPlan::key_tile * std::max<index_t>(p.head_dim, 1));  // prefill only
+    if (plan.pack_values) values.reserve(value_keys * sz.dv_pad);
     stats.reserve(6 * rows_pad);  // m1, l1, m2, l2, λ per row, rescale factors
     if (diff) {  // two-pass tiles: the max each key tile used, and one tile of P
       tile_max.reserve(2 * FusedPlan::key_tiles(score_keys) * rows_pad);
@@ -206,24 +216,33 @@ void pack_queries(TensorView<const T, 4> q, const AttentionProblem& p, const Que
 
 /// Scores of the tile's rows against keys [first, first + count) into st (row j of st
 /// is key first + j; columns are query rows): K·Qᵀ, plus mask·log2 e, and −inf past
-/// each row's causal limit.
+/// each row's causal limit. With plan.pack_keys the K rows are first copied one after
+/// another into key_buffer.
 template <class T>
 void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T, 4> k,
                 const QueryTile& tile, index_t rows_pad, const T* q_packed, index_t first,
-                index_t count, T* st) {
+                index_t count, T* st, T* key_buffer) {
   const AttentionProblem& p = a.problem;
   if (count <= 0) return;
   const index_t rows = p.group * tile.positions();
   const T* keys = &k(tile.batch, tile.kv_head, first, 0);
+  index_t key_stride = k.stride(2);
+  if (plan.pack_keys) {
+    for (index_t j = 0; j < count; ++j) {
+      std::copy(keys + j * key_stride, keys + j * key_stride + p.head_dim, key_buffer + j * p.head_dim);
+    }
+    keys = key_buffer;
+    key_stride = p.head_dim;
+  }
   if (plan.dot_scores) {
     // Zero the padding lanes (whole batches: cheaper than a fill of the tail per key).
     using B = native_batch<T>;
     for (index_t j = 0; j < count; ++j) {
       for (index_t r = 0; r < rows_pad; r += micro_blocking<T>::lanes) B(T(0)).store_unaligned(st + j * rows_pad + r);
     }
-    score_tile_dot(keys, k.stride(2), count, q_packed, rows, p.head_dim, st, rows_pad);
+    score_tile_dot(keys, key_stride, count, q_packed, rows, p.head_dim, st, rows_pad);
   } else {
-    score_tile(keys, k.stride(2), count, q_packed, rows_pad, rows_pad, p.head_dim, st, rows_pad);
+    score_tile(keys, key_stride, count, q_packed, rows_pad, rows_pad, p.head_dim, st, rows_pad);
   }
   if (p.has_mask) {
     const T log2e = static_cast<T>(1.4426950408889634074);
@@ -358,12 +377,13 @@ void flash_softmax_update(FlashState<T> state, T* st, index_t rows_pad, index_t 
 }
 
 /// Where the V rows of keys [first, first + count) are read from: in place, or from a
-/// zero-padded copy when the value width is not a whole number of batches.
+/// copy (plan.pack_values), zero-padded when the value width is not a whole number of
+/// batches.
 template <class T>
-const T* value_rows(const FusedArgs<T>& a, const FusedSizes<T>& sz, const QueryTile& tile,
-                    index_t first, index_t count, T* packed, index_t& stride) {
+const T* value_rows(const FusedArgs<T>& a, const FusedPlan& plan, const FusedSizes<T>& sz,
+                    const QueryTile& tile, index_t first, index_t count, T* packed, index_t& stride) {
   const T* src = &a.v(tile.batch, tile.kv_head, first, 0);
-  if (!sz.pack_values) {
+  if (!plan.pack_values) {
     stride = a.v.stride(2);
     return src;
   }
@@ -440,10 +460,10 @@ void key_tile_scores(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTi
                      T* st2, index_t j0, index_t count, FlashState<T> first_state,
                      const FlashState<T>* second_state) {
   T* rescale = ws.stats.data() + 5 * rows_pad;
-  score_keys(a, plan, a.k1, tile, rows_pad, qt1, j0, count, st1);
+  score_keys(a, plan, a.k1, tile, rows_pad, qt1, j0, count, st1, ws.keys.data());
   flash_softmax_update(first_state, st1, rows_pad, count, sz.dv_pad, rescale);
   if (second_state != nullptr) {
-    score_keys(a, plan, a.k2, tile, rows_pad, qt2, j0, count, st2);
+    score_keys(a, plan, a.k2, tile, rows_pad, qt2, j0, count, st2, ws.keys.data());
     flash_softmax_update(*second_state, st2, rows_pad, count, sz.dv_pad, rescale);
   }
 }
@@ -452,14 +472,15 @@ void key_tile_scores(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTi
 /// the V tile; when k2 is k1 (the "V2" form), map 2 re-read the K tile map 1 had just
 /// brought into L1/L2, so memory sees each tile once.
 template <class T>
-void key_tile_values(const FusedArgs<T>& a, const QueryTile& tile, index_t rows_pad, const FusedSizes<T>& sz,
+void key_tile_values(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile& tile, index_t rows_pad,
+                     const FusedSizes<T>& sz,
                      ThreadWorkspace<T>& ws, const T* st1, const T* st2, index_t j0, index_t count,
                      FlashState<T> first_state, const FlashState<T>* second_state) {
   // P·V only for the real rows: a decoding tile has a few rows in a rows_pad of a
   // whole batch.
   const index_t value_rows_used = a.problem.group * tile.positions();
   index_t v_stride = 0;
-  const T* v = value_rows(a, sz, tile, j0, count, ws.values.data(), v_stride);
+  const T* v = value_rows(a, plan, sz, tile, j0, count, ws.values.data(), v_stride);
   value_tile(st1, rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad, first_state.acc, sz.dv_pad);
   if (second_state != nullptr) {
     value_tile(st2, rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad, second_state->acc, sz.dv_pad);
@@ -478,7 +499,7 @@ void flash_stream(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile&
     if (plan.prefetch) prefetch_keys(a, tile, j0 + tile_keys, tile_keys, key_end, second_state != nullptr);
     key_tile_scores(a, plan, tile, rows_pad, sz, ws, ws.qt1.data(), ws.qt2.data(), ws.st1.data(), ws.st2.data(),
                     j0, count, first_state, second_state);
-    key_tile_values(a, tile, rows_pad, sz, ws, ws.st1.data(), ws.st2.data(), j0, count, first_state,
+    key_tile_values(a, plan, tile, rows_pad, sz, ws, ws.st1.data(), ws.st2.data(), j0, count, first_state,
                     second_state);
   }
 }
@@ -533,7 +554,7 @@ void flash_stream_heads(const FusedArgs<T>& a, const FusedPlan& plan, index_t it
                           a.diff ? ws.qt2.data() + h * q_size : nullptr, st1, st2, j0, count, first,
                           a.diff ? &second : nullptr);
         } else {
-          key_tile_values(a, tile, rows_pad, sz, ws, st1, st2, j0, count, first, a.diff ? &second : nullptr);
+          key_tile_values(a, plan, tile, rows_pad, sz, ws, st1, st2, j0, count, first, a.diff ? &second : nullptr);
         }
       }
     }
@@ -632,10 +653,10 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const FusedPlan& plan, const Quer
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
     T* e1 = st1 + j0 * rows_pad;
     T* e2 = st2 + j0 * rows_pad;
-    score_keys(a, plan, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, e1);
+    score_keys(a, plan, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, e1, ws.keys.data());
     online_softmax_tile(m1, l1, e1, rows_pad, count, rescale);
     std::copy(m1, m1 + rows_pad, tile_max1 + t * rows_pad);
-    score_keys(a, plan, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, e2);
+    score_keys(a, plan, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, e2, ws.keys.data());
     online_softmax_tile(m2, l2, e2, rows_pad, count, rescale);
     std::copy(m2, m2 + rows_pad, tile_max2 + t * rows_pad);
   }
@@ -666,7 +687,7 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const FusedPlan& plan, const Quer
       }
     }
     index_t v_stride = 0;
-    const T* v = value_rows(a, sz, tile, j0, count, ws.values.data(), v_stride);
+    const T* v = value_rows(a, plan, sz, tile, j0, count, ws.values.data(), v_stride);
     value_tile(pt, rows_pad, rows, count, v, v_stride, sz.dv_pad, ws.acc1.data(), sz.dv_pad);
   }
   for (index_t r = 0; r < rows; ++r) {
@@ -728,6 +749,13 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
     plan.stream_tile = std::max(FusedPlan::key_tile / 4, FusedPlan::heads_key_rows / p.kv_heads);
     items = head_items * plan.chunks;
   }
+  // Prefill re-reads each K and V tile from L1 for every block of rows. Rows that are not
+  // adjacent share few L1 sets and evict each other (in [B, N, H, D] a head's rows are
+  // H·D apart, 1–4 KB, where the set index repeats every 4 KB): copying the tile first
+  // is cheap against the 2·rows FLOPs per element it feeds.
+  const bool keys_apart = a.k1.stride(2) != p.head_dim || (a.diff && a.k2.stride(2) != p.head_dim);
+  plan.pack_keys = !decoding && keys_apart;
+  plan.pack_values = sz.pack_values || (!decoding && a.v.stride(2) != p.value_dim);
   plan.threads = resolve_threads(requested_threads, items);
   if (plan.two_pass) {
     auto total_bytes = [&] {
@@ -769,8 +797,6 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   const FusedSizes<T> sz(p);
   const FusedPlan plan = make_plan(a, sz, requested_threads, workspace_limit);
   const index_t rows_pad = FusedSizes<T>::rows_padded(p.group * plan.positions_per_tile);
-  const index_t score_keys = plan.two_pass ? std::max<index_t>(p.kv_len, 1) : plan.stream_tile;
-  const index_t value_keys = plan.two_pass ? FusedPlan::key_tile : plan.stream_tile;
   const index_t maps = a.diff ? 2 : 1;
   const T logit_factor = static_cast<T>(p.scale * 1.4426950408889634074);
 
@@ -780,10 +806,7 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   if (workspaces.size() < static_cast<std::size_t>(plan.threads)) {
     workspaces.resize(static_cast<std::size_t>(plan.threads));
   }
-  const index_t query_tiles = plan.heads_together ? p.kv_heads : 1;
-  for (int t = 0; t < plan.threads; ++t) {
-    workspaces[t].reserve(p, sz, rows_pad, score_keys, value_keys, query_tiles, a.diff);
-  }
+  for (int t = 0; t < plan.threads; ++t) workspaces[t].reserve(p, sz, plan, rows_pad, a.diff);
   ScratchArray<T>& chunk_storage = cache.chunk_storage;
   const index_t state_size = rows_pad * (sz.dv_pad + 2);
   if (plan.split_keys) chunk_storage.reserve(plan.tiles * plan.chunks * maps * state_size);
