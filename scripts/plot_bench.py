@@ -360,6 +360,18 @@ def summary(sweep):
                     continue
                 lines.append(f"| {n} | {kv} | {sweep.value('Decode', (n, kv, 0), 'ms'):.2f} | {gbs:.1f} | "
                              f"{100 * sweep.bandwidth_fraction(('Decode', n, kv, 0)):.0f}% |")
+    layouts = [("Decode", "[B, H, N, D] tensors"), ("DecodeKVCache", "diffattn::KVCache"),
+               ("DecodeProjectionLayout", "[B, N, H, D] tensor, read as [B, H, N, D] views")]
+    if any(sweep.get(kernel, 32768, kv, 0) is not None for kernel, _ in layouts[1:] for kv in (8, 2)):
+        lines += ["", "| decode Nk = 32768, K/V stored as | Hkv | ms | GB/s | % of read bandwidth |",
+                  "|---|---|---|---|---|"]
+        for kernel, label in layouts:
+            for kv in (8, 2):
+                gbs = sweep.value(kernel, (32768, kv, 0), "GB/s")
+                if gbs is None:
+                    continue
+                lines.append(f"| {label} | {kv} | {sweep.value(kernel, (32768, kv, 0), 'ms'):.2f} | {gbs:.1f} | "
+                             f"{100 * sweep.bandwidth_fraction((kernel, 32768, kv, 0)):.0f}% |")
     long_run = next((e for name, e in sweep.runs.items() if name.startswith("LongSequenceMemory/")), None)
     if long_run is not None:
         lines += ["", f"Long sequence (N = 65536, one causal differential head, d = 64, {threads} threads): "
