@@ -740,14 +740,16 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   if (decoding && !plan.prefetch) plan.stream_tile = FusedPlan::decode_key_tile;
   index_t items = natural_tiles * plan.chunks;
   const bool interleaved = heads_interleaved(a.k1) && heads_interleaved(a.v) && (!a.diff || heads_interleaved(a.k2));
-  const index_t head_items = natural_tiles / p.kv_heads;  // (batch, query tile) pairs
-  if (decoding && interleaved && long_keys && split_keys(head_items)) {
-    // Every kv head in each item (flash_stream_heads); neither measured nor tried on
-    // AVX-512, so the per-head prefetch is off there too.
-    plan.heads_together = true;
-    plan.prefetch = false;
-    plan.stream_tile = std::max(FusedPlan::key_tile / 4, FusedPlan::heads_key_rows / p.kv_heads);
-    items = head_items * plan.chunks;
+  if (decoding && interleaved && long_keys) {  // interleaved: at least 2 kv heads
+    const index_t head_items = natural_tiles / p.kv_heads;  // (batch, query tile) pairs
+    if (split_keys(head_items)) {
+      // Every kv head in each item (flash_stream_heads). Not measured on AVX-512: the
+      // per-head prefetch is off there too.
+      plan.heads_together = true;
+      plan.prefetch = false;
+      plan.stream_tile = std::max(FusedPlan::key_tile / 4, FusedPlan::heads_key_rows / p.kv_heads);
+      items = head_items * plan.chunks;
+    }
   }
   // Prefill re-reads each K and V tile from L1 for every block of rows. Rows that are not
   // adjacent share few L1 sets and evict each other (in [B, N, H, D] a head's rows are
