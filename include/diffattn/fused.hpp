@@ -454,6 +454,8 @@ void prefetch_keys(const FusedArgs<T>& a, const QueryTile& tile, index_t first, 
 /// Keys [j0, j0 + count) through one or (diff, streaming) two online softmax states,
 /// with the tile's queries packed at qt1 (and qt2): scores into st1 (and st2), turned
 /// into P with (m, l) updated and the accumulators rescaled. key_tile_values finishes it.
+/// When k2 is k1 (the "V2" form), map 2 re-reads the K tile map 1 just brought into
+/// L1/L2, so memory sees it once.
 template <class T>
 void key_tile_scores(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile& tile, index_t rows_pad,
                      const FusedSizes<T>& sz, ThreadWorkspace<T>& ws, const T* qt1, const T* qt2, T* st1,
@@ -468,9 +470,8 @@ void key_tile_scores(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTi
   }
 }
 
-/// acc += P·V for the key tile key_tile_scores left in st1 (and st2). Both maps share
-/// the V tile; when k2 is k1 (the "V2" form), map 2 re-read the K tile map 1 had just
-/// brought into L1/L2, so memory sees each tile once.
+/// acc += P·V for the key tile key_tile_scores left in st1 (and st2); both maps share
+/// the V tile.
 template <class T>
 void key_tile_values(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile& tile, index_t rows_pad,
                      const FusedSizes<T>& sz,
