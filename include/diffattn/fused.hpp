@@ -97,7 +97,8 @@ struct FusedPlan {
   bool prefetch = false;    // decoding-shaped tiles: fetch the next K/V tile ahead
   bool heads_together = false;  // decoding, kv heads interleaved: items span every kv head
   // Prefill tiles whose K (V) rows are not adjacent in memory copy each key tile into a
-  // packed buffer first (pack_key_tile), and V tiles too when their width needs padding.
+  // packed buffer first (score_keys, value_rows), and V tiles too when their width needs
+  // padding.
   bool pack_keys = false;
   bool pack_values = false;
   index_t stream_tile = key_tile;  // keys per tile in flash_stream
