@@ -91,6 +91,29 @@ TYPED_TEST(SimdTest, Exp2SpecialValues) {
   for (std::size_t i = 1; i < 3 * lanes - 1; ++i) EXPECT_EQ(y[i], T(0.125)) << i;
 }
 
+// simd_sums feeds the decoding score kernel: lane i must be row i's sum. Small whole
+// numbers, so every sum is exact whatever the add tree, and each row's values differ from
+// every other row's (a swapped pair of lanes cannot pass). xsimd 8.1's AVX-512 float haddp
+// swaps lanes 2–3 with 4–5 (and 10–11 with 12–13).
+TYPED_TEST(SimdTest, SumsOfRowsPutEachRowInItsLane) {
+  using T = TypeParam;
+  using B = native_batch<T>;
+  constexpr std::size_t lanes = B::size;
+  std::vector<B> rows;
+  std::vector<T> expected(lanes, T(0));
+  for (std::size_t i = 0; i < lanes; ++i) {
+    std::vector<T> values(lanes);
+    for (std::size_t l = 0; l < lanes; ++l) {
+      values[l] = static_cast<T>(100 * i + (l * 7 + i * 3) % 11);
+      expected[i] += values[l];
+    }
+    rows.push_back(B::load_unaligned(values.data()));
+  }
+  std::vector<T> sums(lanes);
+  diffattn::detail::simd_sums(rows.data()).store_unaligned(sums.data());
+  for (std::size_t i = 0; i < lanes; ++i) EXPECT_EQ(sums[i], expected[i]) << "lane " << i;
+}
+
 TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
   using T = TypeParam;
   using blocking = diffattn::detail::micro_blocking<T>;

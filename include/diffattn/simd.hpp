@@ -99,10 +99,47 @@ template <class T, class A>
 T simd_sum(const xsimd::batch<T, A>& a) {
   return xsimd::hadd(a);
 }
+#if defined(__AVX512F__)
+/// simd_sums for 16 AVX-512 float batches. xsimd 8.1's haddp (Debian's) returns these
+/// sums out of order: lanes 2–3 and 10–11 hold rows 4–5 and 12–13 and the other way round
+/// (the decoding score kernel wrote wrong scores with it). So the add tree is ours: halves,
+/// then quarters, then pairs of lanes are folded, and a final permute puts row i in lane i.
+inline __m512 sum_rows_avx512(const __m512* rows) {
+  __m512 halves[8], quarters[4], pairs[2];
+  for (int i = 0; i < 8; ++i) {  // lanes 0–7: row 2i folded to 8 partial sums; 8–15: row 2i + 1
+    const __m512 a = rows[2 * i], b = rows[2 * i + 1];
+    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (int i = 0; i < 4; ++i) {  // 128-bit lane k: row 4i + k folded to 4 partial sums
+    const __m512 a = halves[2 * i], b = halves[2 * i + 1];
+    quarters[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  for (int i = 0; i < 2; ++i) {  // 128-bit lane k: rows 8i + k and 8i + 4 + k, 2 partial sums each
+    const __m512 a = quarters[2 * i], b = quarters[2 * i + 1];
+    pairs[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // Lane 4k + j: the sum of row 4j + k.
+  const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                    _mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i row_lane = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(row_lane, sums);
+}
+#endif
+
 /// Lane i of the result is the sum of rows[i]'s lanes, for `size` batches at once: one
 /// transposing add tree (x86 from SSE3 on) rather than a horizontal sum per batch.
 template <class T, class A>
 xsimd::batch<T, A> simd_sums(const xsimd::batch<T, A>* rows) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && std::is_base_of_v<xsimd::avx512f, A>) {
+    __m512 registers[16];
+    for (int i = 0; i < 16; ++i) registers[i] = rows[i];
+    return sum_rows_avx512(registers);
+  }
+#endif
   // xsimd's x86 arch tags form three families (sse…, avx/avx2, avx512…), each with haddp.
   if constexpr (std::is_base_of_v<xsimd::sse3, A> || std::is_base_of_v<xsimd::avx, A> ||
                 std::is_base_of_v<xsimd::avx512f, A>) {
