@@ -77,7 +77,7 @@ void BM_ValueTile_MicroKernel(benchmark::State& state) {
   const auto v = random_vector(static_cast<std::size_t>(s.keys * s.depth), 4);
   std::vector<float> o(static_cast<std::size_t>(s.rows * s.depth));
   for (auto _ : state) {
-    diffattn::detail::value_tile(pt.data(), s.rows, s.rows, s.keys, v.data(), s.depth, s.depth,
+    diffattn::detail::value_tile(pt.data(), s.rows, 1, s.rows, s.keys, v.data(), s.depth, s.depth,
                                  o.data(), s.depth);
     benchmark::DoNotOptimize(o.data());
     benchmark::ClobberMemory();

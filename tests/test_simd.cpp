@@ -165,7 +165,7 @@ TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
           SCOPED_TRACE(::testing::Message() << "value_rows=" << value_rows);
           std::vector<T> o = random_vector(rows * width);
           const std::vector<T> o_before = o;
-          diffattn::detail::value_tile(st.data(), st_stride, value_rows, keys, v.data(), v_stride, width,
+          diffattn::detail::value_tile(st.data(), st_stride, 1, value_rows, keys, v.data(), v_stride, width,
                                        o.data(), width);
           for (index_t r = 0; r < rows; ++r) {
             for (index_t d = 0; d < width; ++d) {
@@ -202,7 +202,7 @@ TYPED_TEST(SimdTest, DotScoreKernelMatchesPlainLoops) {
         for (auto& e : k) e = static_cast<T>(dist(rng));
         for (auto& e : q) e = static_cast<T>(dist(rng));
         std::vector<T> st(static_cast<std::size_t>(keys * st_stride), T(7));
-        diffattn::detail::score_tile_dot(k.data(), k_stride, keys, q.data(), rows, depth, st.data(), st_stride);
+        diffattn::detail::score_tile_dot(k.data(), k_stride, keys, q.data(), rows, depth, st.data(), st_stride, 1);
         for (index_t j = 0; j < keys; ++j) {
           for (index_t r = 0; r < st_stride; ++r) {
             if (r >= rows) {

@@ -26,9 +26,10 @@
 /// chunk order. The split depends on the shapes and the K/V layout only, never on the
 /// thread count, and no result depends on how rows are grouped into tiles: outputs are
 /// bitwise identical for any number of threads. Decoding tiles read K and V from memory,
-/// not cache: AVX-512 builds prefetch the next key tile; narrower builds, where that
-/// measured slower, stream 256-key tiles and read each K and V row whole and in address
-/// order (microkernels.hpp). When the kv heads of a token lie side by side ([B, N, H, D]
+/// not cache: they stream 256-key tiles, read each K and V row whole and in address order
+/// (microkernels.hpp) and leave the fetching to the hardware prefetchers (a software
+/// prefetch of the next tile measured slower on both a Zen 3 and a Zen 4; see
+/// FusedPlan::decode_key_tile). When the kv heads of a token lie side by side ([B, N, H, D]
 /// storage), one work item takes a key chunk of every kv head, so that memory is read
 /// in order rather than one row per page (flash_stream_heads).
 
@@ -64,11 +65,17 @@ struct FusedArgs {
 /// may depend on the thread count; they never change a result.
 struct FusedPlan {
   static constexpr index_t key_tile = 64;     // keys per tile (two-pass, and prefill)
-  // Decoding tiles when they are not prefetched (prefetch_decoding): K and V come from
-  // memory, and each tile switches the stream from K to V and back. At Nk = 32768,
-  // d = 128 on the Zen 3 (AVX2), medians of 30 interleaved runs (15 on one thread),
-  // 64 → 256 keys took Hkv 8 from 20.2 to 24.4 GB/s on 2 threads and 11.3 to 12.6 on
-  // one, Hkv 2 17.4 to 20.3; 512 and 1024 were no better.
+  // Decoding tiles: K and V come from memory, and each tile switches the stream from K to
+  // V and back. At Nk = 32768, d = 128 on the Zen 3 (AVX2), medians of 30 interleaved
+  // runs (15 on one thread), 64 → 256 keys took Hkv 8 from 20.2 to 24.4 GB/s on 2 threads
+  // and 11.3 to 12.6 on one, Hkv 2 17.4 to 20.3; 512 and 1024 were no better.
+  // No software prefetch: fetching the next tile ahead took the 223 GFLOP/s AVX-512 EPYC
+  // of docs/avx512-2026-11-23 from 26 to 40 GB/s (with the earlier depth-major score
+  // kernel, never measured there since), but cost 5–10% on the Zen 3 and,
+  // with the key-major kernel, 33–63% on a Zen 4 (AVX-512; medians of 20 interleaved
+  // runs: Hkv 8 25.6 vs 17.2 GB/s on 2 threads, 19.4 vs 11.9 on one; Hkv 2 17.0 vs 12.8).
+  // Spreading the prefetches over the tile, 16–64 keys ahead, or with the L2 hint, measured
+  // no better than none on either.
   static constexpr index_t decode_key_tile = 256;
   // Decoding with every kv head per item (heads_together): K (or V) rows of all heads per
   // key tile, at least 16 keys. Nk = 32768, d = 128, [B, N, H, D] K/V on the Zen 3,
@@ -94,7 +101,6 @@ struct FusedPlan {
   bool split_keys = false;
   bool two_pass = false;    // diff only
   bool dot_scores = false;  // tiles have fewer rows than a batch: SIMD along D instead
-  bool prefetch = false;    // decoding-shaped tiles: fetch the next K/V tile ahead
   bool heads_together = false;  // decoding, kv heads interleaved: items span every kv head
   // Prefill tiles whose K (V) rows are not adjacent in memory copy each key tile into a
   // packed buffer first (score_keys, value_rows), and V tiles too when their width needs
@@ -102,11 +108,6 @@ struct FusedPlan {
   bool pack_keys = false;
   bool pack_values = false;
   index_t stream_tile = key_tile;  // keys per tile in flash_stream
-  /// Whether decoding fetches the next K/V tile ahead (prefetch_keys): measured helpful
-  /// on the AVX-512 EPYC, harmful on the AVX2 Zen 3. Builds are told apart by the vector
-  /// width, the only machine fact known at compile time.
-  template <class T>
-  static constexpr bool prefetch_decoding() { return micro_blocking<T>::wide_file; }
   int threads = 1;
 };
 
@@ -120,6 +121,26 @@ struct FusedSizes {
         pack_values(p.value_dim % micro_blocking<T>::lanes != 0) {}
   static index_t rows_padded(index_t rows) {
     return round_up(std::max<index_t>(rows, 1), micro_blocking<T>::row_align);
+  }
+};
+
+/// Where a tile keeps the score of key j (of the key tile at hand) for row r:
+/// st[j·key_stride + r·row_stride]. Prefill and two-pass tiles keep Sᵀ, keys down and
+/// rows along the SIMD lanes, so the softmax statistics are lane-wise. Decoding tiles
+/// (plan.dot_scores: fewer rows than a batch has lanes) keep S, each row's keys in a run
+/// padded with −inf to whole batches, so the softmax runs on whole batches of keys: Sᵀ
+/// would cost one batch of mostly padding rows per key (a 2^x, a max and a zeroing store
+/// for 1 row of 16 with AVX-512), a third of a decoding call's time with its K/V in cache.
+struct ScoreLayout {
+  bool by_row = false;
+  index_t stride = 0;  // rows_pad (Sᵀ) or keys per row (S)
+  index_t key_stride() const { return by_row ? 1 : stride; }
+  index_t row_stride() const { return by_row ? stride : 1; }
+  /// Two-pass tiles keep Sᵀ whatever their height: their second pass forms P lane-wise.
+  template <class T>
+  static ScoreLayout of(const FusedPlan& plan, index_t rows_pad) {
+    return plan.dot_scores && !plan.two_pass ? ScoreLayout{true, round_up(plan.stream_tile, micro_blocking<T>::lanes)}
+                                             : ScoreLayout{false, rows_pad};
   }
 };
 
@@ -149,7 +170,8 @@ struct ThreadWorkspace {
     // Scores span every key (two-pass) or one stream tile; V rows are read a key tile at
     // a time (two-pass) or a stream tile; with heads_together every kv head's packed
     // queries and scores are held at once.
-    const index_t score_keys = plan.two_pass ? std::max<index_t>(p.kv_len, 1) : plan.stream_tile;
+    const index_t score_keys = plan.two_pass ? std::max<index_t>(p.kv_len, 1)
+                                             : round_up(plan.stream_tile, micro_blocking<T>::lanes);
     const index_t value_keys = plan.two_pass ? FusedPlan::key_tile : plan.stream_tile;
     const index_t query_tiles = plan.heads_together ? p.kv_heads : 1;
     qt1.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad * query_tiles);
@@ -215,13 +237,13 @@ void pack_queries(TensorView<const T, 4> q, const AttentionProblem& p, const Que
   for (index_t c = 0; c < depth; ++c) std::fill(packed + c * rows_pad + rows, packed + (c + 1) * rows_pad, T(0));
 }
 
-/// Scores of the tile's rows against keys [first, first + count) into st (row j of st
-/// is key first + j; columns are query rows): K·Qᵀ, plus mask·log2 e, and −inf past
-/// each row's causal limit. With plan.pack_keys the K rows are first copied one after
-/// another into key_buffer.
+/// Scores of the tile's rows against keys [first, first + count) into st, laid out as
+/// `layout` says: K·Qᵀ, plus mask·log2 e, and −inf past each row's causal limit (and,
+/// for S, in each row's padding up to whole batches). With plan.pack_keys the K rows are
+/// first copied one after another into key_buffer.
 template <class T>
 void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T, 4> k,
-                const QueryTile& tile, index_t rows_pad, const T* q_packed, index_t first,
+                const QueryTile& tile, ScoreLayout layout, const T* q_packed, index_t first,
                 index_t count, T* st, T* key_buffer) {
   const AttentionProblem& p = a.problem;
   if (count <= 0) return;
@@ -235,18 +257,32 @@ void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T
     keys = key_buffer;
     key_stride = p.head_dim;
   }
-  if (plan.dot_scores) {
-    // Zero the padding lanes (whole batches: cheaper than a fill of the tail per key).
+  const T log2e = static_cast<T>(1.4426950408889634074);
+  if (layout.by_row) {
+    score_tile_dot(keys, key_stride, count, q_packed, rows, p.head_dim, st, index_t{1}, layout.stride);
+    const index_t padded = round_up(count, micro_blocking<T>::lanes);
+    for (index_t r = 0; r < rows; ++r) {
+      T* row = st + r * layout.stride;
+      if (p.has_mask) {
+        const T* mask_row = &a.mask(tile.batch, tile.head(p, r), tile.position(r), first);
+        for (index_t j = 0; j < count; ++j) row[j] = std::fma(mask_row[j], log2e, row[j]);
+      }
+      const index_t visible = std::clamp<index_t>(p.key_limit(tile.position(r)) - first, 0, count);
+      std::fill(row + visible, row + padded, -std::numeric_limits<T>::infinity());
+    }
+    return;
+  }
+  const index_t rows_pad = layout.stride;
+  if (plan.dot_scores) {  // fewer rows than lanes in an Sᵀ tile (two-pass): zero the padding lanes
     using B = native_batch<T>;
     for (index_t j = 0; j < count; ++j) {
       for (index_t r = 0; r < rows_pad; r += micro_blocking<T>::lanes) B(T(0)).store_unaligned(st + j * rows_pad + r);
     }
-    score_tile_dot(keys, key_stride, count, q_packed, rows, p.head_dim, st, rows_pad);
+    score_tile_dot(keys, key_stride, count, q_packed, rows, p.head_dim, st, rows_pad, index_t{1});
   } else {
     score_tile(keys, key_stride, count, q_packed, rows_pad, rows_pad, p.head_dim, st, rows_pad);
   }
   if (p.has_mask) {
-    const T log2e = static_cast<T>(1.4426950408889634074);
     for (index_t r = 0; r < rows; ++r) {
       const T* mask_row = &a.mask(tile.batch, tile.head(p, r), tile.position(r), first);
       for (index_t j = 0; j < count; ++j) st[j * rows_pad + r] = std::fma(mask_row[j], log2e, st[j * rows_pad + r]);
@@ -359,14 +395,65 @@ void online_softmax_tile(T* m, T* l, T* st, index_t rows_pad, index_t count, T* 
   }
 }
 
-/// Turns a key tile's scores into P in place, updates (m, l), and rescales the acc rows
-/// whose max grew.
+/// online_softmax_tile for scores kept as S (ScoreLayout::by_row): the `rows` real rows at
+/// `row_stride`, each padded with −inf to whole batches of keys. Rows from `rows` to
+/// rows_pad are padding: their m stays −inf, their l 0 and their rescale factor is 0.
 template <class T>
-void flash_softmax_update(FlashState<T> state, T* st, index_t rows_pad, index_t count,
-                          index_t dv_pad, T* rescale) {
+void online_softmax_rows(T* m, T* l, T* st, index_t row_stride, index_t rows, index_t rows_pad, index_t count,
+                         T* rescale) {
   using B = native_batch<T>;
-  online_softmax_tile(state.m, state.l, st, rows_pad, count, rescale);
+  constexpr index_t lanes = micro_blocking<T>::lanes;
+  constexpr T minus_inf = -std::numeric_limits<T>::infinity();
+  const index_t padded = round_up(count, lanes);
+  // Each row's max (NaN skipped, as column_max does), then the statistics lane-wise over
+  // rows as online_softmax_tile has them; `rescale` holds the row maxes in between.
   for (index_t r = 0; r < rows_pad; ++r) {
+    B best(minus_inf);
+    if (r < rows) {
+      for (index_t j = 0; j < padded; j += lanes) best = simd_max(B::load_unaligned(st + r * row_stride + j), best);
+    }
+    rescale[r] = simd_hmax(best);
+  }
+  for (index_t offset = 0; offset < rows_pad; offset += lanes) {
+    const B m_old = B::load_unaligned(m + offset);
+    const B m_new = simd_max(B::load_unaligned(rescale + offset), m_old);
+    m_new.store_unaligned(m + offset);
+    exp2_nonpositive(m_old - safe_shift<T>(m_new)).store_unaligned(rescale + offset);
+  }
+  for (index_t r = 0; r < rows; ++r) {
+    const B shift(m[r] == minus_inf ? T(0) : m[r]);
+    T* row = st + r * row_stride;
+    B sum0(T(0)), sum1(T(0));  // two chains, in a fixed order
+    index_t j = 0;
+    for (; j + 2 * lanes <= padded; j += 2 * lanes) {
+      const B e0 = exp2_nonpositive(B::load_unaligned(row + j) - shift);
+      const B e1 = exp2_nonpositive(B::load_unaligned(row + j + lanes) - shift);
+      e0.store_unaligned(row + j);
+      e1.store_unaligned(row + j + lanes);
+      sum0 = sum0 + e0;
+      sum1 = sum1 + e1;
+    }
+    if (j < padded) {
+      const B e0 = exp2_nonpositive(B::load_unaligned(row + j) - shift);
+      e0.store_unaligned(row + j);
+      sum0 = sum0 + e0;
+    }
+    l[r] = std::fma(l[r], rescale[r], simd_sum(sum0 + sum1));
+  }
+}
+
+/// Turns a key tile's scores into P in place, updates (m, l), and rescales the acc rows
+/// whose max grew; the padding rows past `rows` are never read, so they are left alone.
+template <class T>
+void flash_softmax_update(FlashState<T> state, T* st, ScoreLayout layout, index_t rows, index_t rows_pad,
+                          index_t count, index_t dv_pad, T* rescale) {
+  using B = native_batch<T>;
+  if (layout.by_row) {
+    online_softmax_rows(state.m, state.l, st, layout.stride, rows, rows_pad, count, rescale);
+  } else {
+    online_softmax_tile(state.m, state.l, st, rows_pad, count, rescale);
+  }
+  for (index_t r = 0; r < rows; ++r) {
     if (rescale[r] != T(1)) {
       T* row = state.acc + r * dv_pad;
       const B factor(rescale[r]);
@@ -397,61 +484,6 @@ const T* value_rows(const FusedArgs<T>& a, const FusedPlan& plan, const FusedSiz
   return packed;
 }
 
-/// Hints the cache lines of [row, row + bytes) into the cache.
-inline void prefetch_bytes(const void* row, std::size_t bytes) {
-#if defined(__GNUC__)
-  const char* first = static_cast<const char*>(row);
-  std::size_t b = 0;
-  for (; b + 256 <= bytes; b += 256) {  // unrolled: the loop's own instructions were 3/4
-    __builtin_prefetch(first + b);
-    __builtin_prefetch(first + b + 64);
-    __builtin_prefetch(first + b + 128);
-    __builtin_prefetch(first + b + 192);
-  }
-  for (; b < bytes; b += 64) __builtin_prefetch(first + b);
-  // GCC 12 deems a function made of prefetches side-effect free and deletes its calls
-  // (seen at -O1..-O3); an empty volatile asm is a side effect that costs nothing.
-  asm volatile("");
-#else
-  (void)row;
-  (void)bytes;
-#endif
-}
-
-/// Prefetches the K (and K2) and V rows of keys [first, first + keys), clipped to
-/// `key_end`. Decoding tiles (a few query rows) do too little arithmetic per key for the
-/// hardware prefetcher alone to keep memory busy: fetching one key tile ahead took decode
-/// at Nk = 32768, d = 128, Hkv = 8 from 26 to 40 GB/s on the 2-core AVX-512 EPYC
-/// (distances of 2 and 4 tiles were no better). On a 2-core Zen 3 (AVX2, 32 KB L1, the
-/// 64 KB of a d = 128 tile evicting itself) it cost 5–10%: medians of 40 interleaved runs
-/// (20 on one thread) without it vs with it, 17.3 vs 15.4 GB/s (Hkv 8, 2 threads) and
-/// 10.9 vs 9.9 (1 thread); spreading the prefetches over the tile, distances of 16–64
-/// keys and the L2 hint (prefetcht1/t2) measured no better than none. So only AVX-512
-/// builds prefetch (FusedPlan::prefetch_decoding). Prefill tiles reuse each K/V tile from
-/// L1/L2 and skip it: on the Zen 3 prefetching there cost 7–9% of the standard kernel at
-/// N = 2048–8192.
-template <class T>
-void prefetch_keys(const FusedArgs<T>& a, const QueryTile& tile, index_t first, index_t keys,
-                   index_t key_end, bool second_keys) {
-  const AttentionProblem& p = a.problem;
-  const index_t last = std::min(first + keys, key_end);
-  if (last <= first) return;
-  // Rows one after another (the usual [.., Nk, D] layout) are one range: one prefetch per
-  // cache line, without per-row address arithmetic (which cost 5× the prefetches).
-  auto prefetch_rows = [&](TensorView<const T, 4> t, index_t width) {
-    const T* row = &t(tile.batch, tile.kv_head, first, 0);
-    const std::size_t row_bytes = static_cast<std::size_t>(width) * sizeof(T);
-    if (t.stride(2) == width && t.stride(3) == 1) {
-      prefetch_bytes(row, row_bytes * static_cast<std::size_t>(last - first));
-      return;
-    }
-    for (index_t j = first; j < last; ++j, row += t.stride(2)) prefetch_bytes(row, row_bytes);
-  };
-  prefetch_rows(a.k1, p.head_dim);
-  if (second_keys && a.k2.data() != a.k1.data()) prefetch_rows(a.k2, p.head_dim);
-  prefetch_rows(a.v, p.value_dim);
-}
-
 /// Keys [j0, j0 + count) through one or (diff, streaming) two online softmax states,
 /// with the tile's queries packed at qt1 (and qt2): scores into st1 (and st2), turned
 /// into P with (m, l) updated and the accumulators rescaled. key_tile_values finishes it.
@@ -463,11 +495,13 @@ void key_tile_scores(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTi
                      T* st2, index_t j0, index_t count, FlashState<T> first_state,
                      const FlashState<T>* second_state) {
   T* rescale = ws.stats.data() + 5 * rows_pad;
-  score_keys(a, plan, a.k1, tile, rows_pad, qt1, j0, count, st1, ws.keys.data());
-  flash_softmax_update(first_state, st1, rows_pad, count, sz.dv_pad, rescale);
+  const ScoreLayout layout = ScoreLayout::of<T>(plan, rows_pad);
+  const index_t rows = a.problem.group * tile.positions();
+  score_keys(a, plan, a.k1, tile, layout, qt1, j0, count, st1, ws.keys.data());
+  flash_softmax_update(first_state, st1, layout, rows, rows_pad, count, sz.dv_pad, rescale);
   if (second_state != nullptr) {
-    score_keys(a, plan, a.k2, tile, rows_pad, qt2, j0, count, st2, ws.keys.data());
-    flash_softmax_update(*second_state, st2, rows_pad, count, sz.dv_pad, rescale);
+    score_keys(a, plan, a.k2, tile, layout, qt2, j0, count, st2, ws.keys.data());
+    flash_softmax_update(*second_state, st2, layout, rows, rows_pad, count, sz.dv_pad, rescale);
   }
 }
 
@@ -481,11 +515,14 @@ void key_tile_values(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTi
   // P·V only for the real rows: a decoding tile has a few rows in a rows_pad of a
   // whole batch.
   const index_t value_rows_used = a.problem.group * tile.positions();
+  const ScoreLayout layout = ScoreLayout::of<T>(plan, rows_pad);
   index_t v_stride = 0;
   const T* v = value_rows(a, plan, sz, tile, j0, count, ws.values.data(), v_stride);
-  value_tile(st1, rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad, first_state.acc, sz.dv_pad);
+  value_tile(st1, layout.key_stride(), layout.row_stride(), value_rows_used, count, v, v_stride, sz.dv_pad,
+             first_state.acc, sz.dv_pad);
   if (second_state != nullptr) {
-    value_tile(st2, rows_pad, value_rows_used, count, v, v_stride, sz.dv_pad, second_state->acc, sz.dv_pad);
+    value_tile(st2, layout.key_stride(), layout.row_stride(), value_rows_used, count, v, v_stride, sz.dv_pad,
+               second_state->acc, sz.dv_pad);
   }
 }
 
@@ -498,7 +535,6 @@ void flash_stream(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile&
   const index_t tile_keys = plan.stream_tile;
   for (index_t j0 = key_begin; j0 < key_end; j0 += tile_keys) {
     const index_t count = std::min(tile_keys, key_end - j0);
-    if (plan.prefetch) prefetch_keys(a, tile, j0 + tile_keys, tile_keys, key_end, second_state != nullptr);
     key_tile_scores(a, plan, tile, rows_pad, sz, ws, ws.qt1.data(), ws.qt2.data(), ws.st1.data(), ws.st2.data(),
                     j0, count, first_state, second_state);
     key_tile_values(a, plan, tile, rows_pad, sz, ws, ws.st1.data(), ws.st2.data(), j0, count, first_state,
@@ -528,7 +564,7 @@ void flash_stream_heads(const FusedArgs<T>& a, const FusedPlan& plan, index_t it
   const index_t query_tile = item / plan.chunks % plan.tiles_per_group;
   auto tile_index = [&](index_t kv_head) { return (batch * p.kv_heads + kv_head) * plan.tiles_per_group + query_tile; };
   const index_t q_size = std::max<index_t>(p.head_dim, 1) * rows_pad;
-  const index_t s_size = plan.stream_tile * rows_pad;
+  const index_t s_size = round_up(plan.stream_tile, micro_blocking<T>::lanes) * rows_pad;
   for (index_t h = 0; h < p.kv_heads; ++h) {
     const QueryTile tile = tile_at(p, plan, tile_index(h));
     pack_queries(a.q1, p, tile, rows_pad, plan.dot_scores, logit_factor, ws.qt1.data() + h * q_size);
@@ -655,10 +691,10 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const FusedPlan& plan, const Quer
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
     T* e1 = st1 + j0 * rows_pad;
     T* e2 = st2 + j0 * rows_pad;
-    score_keys(a, plan, a.k1, tile, rows_pad, ws.qt1.data(), j0, count, e1, ws.keys.data());
+    score_keys(a, plan, a.k1, tile, ScoreLayout{false, rows_pad}, ws.qt1.data(), j0, count, e1, ws.keys.data());
     online_softmax_tile(m1, l1, e1, rows_pad, count, rescale);
     std::copy(m1, m1 + rows_pad, tile_max1 + t * rows_pad);
-    score_keys(a, plan, a.k2, tile, rows_pad, ws.qt2.data(), j0, count, e2, ws.keys.data());
+    score_keys(a, plan, a.k2, tile, ScoreLayout{false, rows_pad}, ws.qt2.data(), j0, count, e2, ws.keys.data());
     online_softmax_tile(m2, l2, e2, rows_pad, count, rescale);
     std::copy(m2, m2 + rows_pad, tile_max2 + t * rows_pad);
   }
@@ -690,7 +726,7 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const FusedPlan& plan, const Quer
     }
     index_t v_stride = 0;
     const T* v = value_rows(a, plan, sz, tile, j0, count, ws.values.data(), v_stride);
-    value_tile(pt, rows_pad, rows, count, v, v_stride, sz.dv_pad, ws.acc1.data(), sz.dv_pad);
+    value_tile(pt, rows_pad, index_t{1}, rows, count, v, v_stride, sz.dv_pad, ws.acc1.data(), sz.dv_pad);
   }
   for (index_t r = 0; r < rows; ++r) {
     const T* acc = ws.acc1.data() + r * sz.dv_pad;
@@ -738,17 +774,14 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   plan.dot_scores = p.group * positions < micro_blocking<T>::lanes &&
                     p.head_dim >= micro_blocking<T>::lanes;
   const bool decoding = plan.dot_scores || plan.split_keys;
-  plan.prefetch = decoding && FusedPlan::prefetch_decoding<T>();
-  if (decoding && !plan.prefetch) plan.stream_tile = FusedPlan::decode_key_tile;
+  if (decoding) plan.stream_tile = FusedPlan::decode_key_tile;
   index_t items = natural_tiles * plan.chunks;
   const bool interleaved = heads_interleaved(a.k1) && heads_interleaved(a.v) && (!a.diff || heads_interleaved(a.k2));
   if (decoding && interleaved && long_keys) {  // interleaved: at least 2 kv heads
     const index_t head_items = natural_tiles / p.kv_heads;  // (batch, query tile) pairs
     if (split_keys(head_items)) {
-      // Every kv head in each item (flash_stream_heads). Not measured on AVX-512: the
-      // per-head prefetch is off there too.
+      // Every kv head in each item (flash_stream_heads).
       plan.heads_together = true;
-      plan.prefetch = false;
       plan.stream_tile = std::max(FusedPlan::key_tile / 4, FusedPlan::heads_key_rows / p.kv_heads);
       items = head_items * plan.chunks;
     }

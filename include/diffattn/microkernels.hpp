@@ -173,46 +173,32 @@ void score_tile(const T* k, index_t k_stride, index_t keys, const T* qt, index_t
   }
 }
 
-/// st[j][r] = Σ_c k[j][c]·q[r][c] for MR keys and R query rows, SIMD along c. For
-/// decoding tiles, which have fewer query rows than a batch has lanes: the transposed
-/// kernel would compute mostly padding. q is packed row-major [R, depth]; the depth tail
-/// (depth % lanes) runs scalar. One horizontal add per (key, row) ends each dot product.
+/// Score (key m, row r) at st[m·key_stride + r·row_stride] = Σ_c k[m][c]·q[r][c] for MR
+/// keys and R query rows, SIMD along c. For decoding tiles, which have fewer query rows
+/// than a batch has lanes: the transposed kernel would compute mostly padding. q is packed
+/// row-major [R, depth]; the depth tail (depth % lanes) runs scalar. One horizontal add
+/// per (key, row) ends each dot product.
 template <class T, int MR, int R>
 inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t depth, T* st,
-                            index_t st_stride) {
+                            index_t key_stride, index_t row_stride) {
   using B = native_batch<T>;
   constexpr index_t lanes = static_cast<index_t>(B::size);
   B acc[MR][R];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = B(T(0));
   const index_t whole = depth / lanes * lanes;
-  if constexpr (micro_blocking<T>::wide_file) {
-    // Depth-major: each query vector loaded once for MR keys.
+  // Key-major: one K row after another, in address order, the query vectors re-read from
+  // L1. Decoding reads K from memory here, and walking MR rows side by side (MR streams)
+  // was slower on both machines measured: at Nk = 32768, d = 128, Hkv 8, 22.1 vs
+  // 17.0 GB/s on 2 threads of a Zen 3 (AVX2; medians of 40 interleaved runs), and on a
+  // Zen 4 (AVX-512; medians of 20) 27.1 vs 18.1 on 2 threads and 21.3 vs 13.0 on one
+  // (16-key blocks against the 4-key depth-major blocks it had). Same sums in the same
+  // order.
+  for (int m = 0; m < MR; ++m) {
     for (index_t c = 0; c < whole; c += lanes) {
-      B queries[R];
-      for (int r = 0; r < R; ++r) {
-        queries[r] = B::load_unaligned(q + r * depth + c);
-        keep_in_register(queries[r]);
-      }
-      for (int m = 0; m < MR; ++m) {
-        B key = B::load_unaligned(k + m * k_stride + c);
-        keep_in_register(key);  // else GCC re-loads it inside each of the R FMAs
-        for (int r = 0; r < R; ++r) acc[m][r] = simd_fma(key, queries[r], acc[m][r]);
-      }
-    }
-  } else {
-    // Key-major: one K row after another, in address order, the query vectors re-read
-    // from L1. AVX2 builds do not prefetch tiles (FusedPlan::prefetch_decoding) and read
-    // K from memory here, and walking MR rows side by side (MR streams) was slower:
-    // key-major 22.1 vs 17.0 GB/s at Nk = 32768, d = 128, Hkv 8, 2 threads on a Zen 3
-    // (medians of 40 interleaved runs; 18.1 vs 14.4 with Hkv 2, 12.0 vs 9.5 on one
-    // thread, 20 runs). Same sums in the same order.
-    for (int m = 0; m < MR; ++m) {
-      for (index_t c = 0; c < whole; c += lanes) {
-        B key = B::load_unaligned(k + m * k_stride + c);
-        keep_in_register(key);
-        for (int r = 0; r < R; ++r) acc[m][r] = simd_fma(key, B::load_unaligned(q + r * depth + c), acc[m][r]);
-      }
+      B key = B::load_unaligned(k + m * k_stride + c);
+      keep_in_register(key);
+      for (int r = 0; r < R; ++r) acc[m][r] = simd_fma(key, B::load_unaligned(q + r * depth + c), acc[m][r]);
     }
   }
   // Horizontal sums, `lanes` accumulators per add tree; then the depth tail, if any.
@@ -224,56 +210,62 @@ inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t de
     simd_sums(group).store_unaligned(sums);
     for (int i = 0; i < width && first + i < count; ++i) {
       const int m = (first + i) / R, r = (first + i) % R;
-      st[m * st_stride + r] = sums[i];
+      st[m * key_stride + r * row_stride] = sums[i];
     }
   }
   if (whole == depth) return;
   for (int m = 0; m < MR; ++m) {
     for (int r = 0; r < R; ++r) {
-      T sum = st[m * st_stride + r];
+      T& score = st[m * key_stride + r * row_stride];
+      T sum = score;
       for (index_t c = whole; c < depth; ++c) sum = std::fma(k[m * k_stride + c], q[r * depth + c], sum);
-      st[m * st_stride + r] = sum;
+      score = sum;
     }
   }
 }
 
 template <class T, int R>
 void score_rows_dot(const T* k, index_t k_stride, index_t keys, const T* q, index_t depth, T* st,
-                    index_t st_stride) {
-  // AVX-512 (depth-major): MR·R accumulators, R query vectors and a key vector must fit
-  // the register file, up to 4 keys × 4 rows with 32 registers. AVX2 (key-major, the
-  // query vectors re-read from L1): MR·R = 8 or 9 accumulators in 16 registers, so one
-  // add tree of 8 sums (two for R = 3) ends each block.
-  constexpr int MR = micro_blocking<T>::wide_file ? 4 : R == 1 ? 8 : R == 2 ? 4 : R == 3 ? 3 : 2;
+                    index_t key_stride, index_t row_stride) {
+  // MR·R accumulators next to a key vector in the register file, as many as one add tree
+  // of simd_sums takes: 16 (15 for R = 3) of AVX-512's 32 registers; 8 or 9 of AVX2's 16
+  // (two add trees for R = 3). On the Zen 4, 16 keys × 1 row against 4 × 1 measured
+  // 20.8 vs 19.6 GB/s on one thread and 29.7 vs 30.7 on two (Nk = 32768, d = 128, Hkv 8):
+  // a wash, and a full add tree costs a quarter of four part-used ones.
+  constexpr int MR = micro_blocking<T>::wide_file ? (R == 1 ? 16 : R == 2 ? 8 : R == 3 ? 5 : 4)
+                                                  : (R == 1 ? 8 : R == 2 ? 4 : R == 3 ? 3 : 2);
   index_t j = 0;
   for (; j + MR <= keys; j += MR) {
-    score_block_dot<T, MR, R>(k + j * k_stride, k_stride, q, depth, st + j * st_stride, st_stride);
+    score_block_dot<T, MR, R>(k + j * k_stride, k_stride, q, depth, st + j * key_stride, key_stride, row_stride);
   }
   for (; j < keys; ++j) {
-    score_block_dot<T, 1, R>(k + j * k_stride, k_stride, q, depth, st + j * st_stride, st_stride);
+    score_block_dot<T, 1, R>(k + j * k_stride, k_stride, q, depth, st + j * key_stride, key_stride, row_stride);
   }
 }
 
-/// Sᵀ [keys, rows] = K [keys, depth] · Qᵀ, for rows <= 4 query rows packed row-major.
+/// Scores of K [keys, depth] against Q [rows, depth] (packed row-major), 4 query rows at
+/// a time: score (key j, row r) at st[j·key_stride + r·row_stride], so the same kernel
+/// writes Sᵀ (key_stride = the row count) or S (row_stride = the keys per row).
 template <class T>
 void score_tile_dot(const T* k, index_t k_stride, index_t keys, const T* q, index_t rows,
-                    index_t depth, T* st, index_t st_stride) {
+                    index_t depth, T* st, index_t key_stride, index_t row_stride) {
   for (index_t r = 0; r < rows; r += 4) {
     const T* q_rows = q + r * depth;
-    T* st_rows = st + r;
+    T* st_rows = st + r * row_stride;
     switch (std::min<index_t>(rows - r, 4)) {
-      case 4: score_rows_dot<T, 4>(k, k_stride, keys, q_rows, depth, st_rows, st_stride); break;
-      case 3: score_rows_dot<T, 3>(k, k_stride, keys, q_rows, depth, st_rows, st_stride); break;
-      case 2: score_rows_dot<T, 2>(k, k_stride, keys, q_rows, depth, st_rows, st_stride); break;
-      default: score_rows_dot<T, 1>(k, k_stride, keys, q_rows, depth, st_rows, st_stride); break;
+      case 4: score_rows_dot<T, 4>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
+      case 3: score_rows_dot<T, 3>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
+      case 2: score_rows_dot<T, 2>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
+      default: score_rows_dot<T, 1>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
     }
   }
 }
 
-/// o[m][d] += Σ_j pt[j][m]·v[j][d] for m < MR rows and d < NV·lanes.
+/// o[m][d] += Σ_j p(j, m)·v[j][d] for m < MR rows and d < NV·lanes, with the weight of key
+/// j for row m at pt[j·pt_stride + m·pt_row_stride].
 template <class T, int MR, int NV>
-inline void value_block(const T* pt, index_t pt_stride, const T* v, index_t v_stride,
-                        index_t keys, T* o, index_t o_stride) {
+inline void value_block(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
+                        index_t v_stride, index_t keys, T* o, index_t o_stride) {
   using B = native_batch<T>;
   constexpr index_t lanes = static_cast<index_t>(B::size);
   B acc[MR][NV];
@@ -286,7 +278,7 @@ inline void value_block(const T* pt, index_t pt_stride, const T* v, index_t v_st
       keep_in_register(values[n]);
     }
     for (int m = 0; m < MR; ++m) {
-      const B weight(pt[j * pt_stride + m]);
+      const B weight(pt[j * pt_stride + m * pt_row_stride]);
       for (int n = 0; n < NV; ++n) acc[m][n] = simd_fma(weight, values[n], acc[m][n]);
     }
   }
@@ -296,32 +288,33 @@ inline void value_block(const T* pt, index_t pt_stride, const T* v, index_t v_st
 
 /// value_block over the whole width for MR rows: blocks of NV vectors, then single ones.
 template <class T, int MR, int NV>
-inline void value_row_block(const T* pt, index_t pt_stride, const T* v, index_t v_stride,
-                            index_t keys, index_t width, T* o, index_t o_stride) {
+inline void value_row_block(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
+                            index_t v_stride, index_t keys, index_t width, T* o, index_t o_stride) {
   constexpr index_t lanes = micro_blocking<T>::lanes;
   index_t d = 0;
   for (; d + NV * lanes <= width; d += NV * lanes) {
-    value_block<T, MR, NV>(pt, pt_stride, v + d, v_stride, keys, o + d, o_stride);
+    value_block<T, MR, NV>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride);
   }
   if constexpr (NV > micro_blocking<T>::value_vectors) {  // a lone row: keep 4+ chains
     for (; d + micro_blocking<T>::value_vectors * lanes <= width; d += micro_blocking<T>::value_vectors * lanes) {
-      value_block<T, MR, micro_blocking<T>::value_vectors>(pt, pt_stride, v + d, v_stride, keys, o + d, o_stride);
+      value_block<T, MR, micro_blocking<T>::value_vectors>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys,
+                                                           o + d, o_stride);
     }
   }
-  for (; d < width; d += lanes) value_block<T, MR, 1>(pt, pt_stride, v + d, v_stride, keys, o + d, o_stride);
+  for (; d < width; d += lanes) value_block<T, MR, 1>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride);
 }
 
-/// o[r][d] += Σ_j pt[j][r]·v[j][d] for R rows, one key at a time across the whole width,
+/// o[r][d] += Σ_j p(j, r)·v[j][d] for R rows, one key at a time across the whole width,
 /// the accumulators in L1 rather than registers: each V row is read once, whole and in
 /// address order.
 template <class T, int R>
-void value_rows_by_key(const T* pt, index_t pt_stride, const T* v, index_t v_stride,
-                       index_t keys, index_t width, T* o, index_t o_stride) {
+void value_rows_by_key(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
+                       index_t v_stride, index_t keys, index_t width, T* o, index_t o_stride) {
   using B = native_batch<T>;
   constexpr index_t lanes = micro_blocking<T>::lanes;
   for (index_t j = 0; j < keys; ++j) {
     B weights[R];
-    for (int r = 0; r < R; ++r) weights[r] = B(pt[j * pt_stride + r]);
+    for (int r = 0; r < R; ++r) weights[r] = B(pt[j * pt_stride + r * pt_row_stride]);
     const T* row = v + j * v_stride;
     for (index_t d = 0; d < width; d += lanes) {
       B values = B::load_unaligned(row + d);
@@ -338,8 +331,10 @@ void value_rows_by_key(const T* pt, index_t pt_stride, const T* v, index_t v_str
 /// take value_rows_by_key.
 inline constexpr index_t value_by_key_rows = 4;
 
-/// O [rows, width] += (Pᵀ [keys, rows])ᵀ · V [keys, width]; width a multiple of the
-/// batch width, any number of rows. V rows are `v_stride` apart and read in place.
+/// O [rows, width] += P [rows, keys] · V [keys, width]; width a multiple of the batch
+/// width, any number of rows. The weight of key j for row r is pt[j·pt_stride +
+/// r·pt_row_stride]: Pᵀ as the prefill tiles keep it (pt_row_stride = 1), or P as the
+/// decoding tiles do (pt_stride = 1). V rows are `v_stride` apart and read in place.
 /// Rows go value_rows at a time (then 4 at a time where value_rows is 6); the rest one
 /// at a time with twice the vectors, so a lone row still has 8 independent FMA chains
 /// rather than computing rows of padding.
@@ -358,19 +353,20 @@ inline constexpr index_t value_by_key_rows = 4;
 /// (2 threads) and from 8.8 to 10.0 GB/s with one (1 thread). Each output still sums its
 /// keys in order, as before.
 template <class T>
-void value_tile(const T* pt, index_t pt_stride, index_t rows, index_t keys, const T* v,
-                index_t v_stride, index_t width, T* o, index_t o_stride) {
+void value_tile(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
+                const T* v, index_t v_stride, index_t width, T* o, index_t o_stride) {
   switch (rows) {
-    case 1: value_rows_by_key<T, 1>(pt, pt_stride, v, v_stride, keys, width, o, o_stride); return;
-    case 2: value_rows_by_key<T, 2>(pt, pt_stride, v, v_stride, keys, width, o, o_stride); return;
-    case 3: value_rows_by_key<T, 3>(pt, pt_stride, v, v_stride, keys, width, o, o_stride); return;
-    case 4: value_rows_by_key<T, 4>(pt, pt_stride, v, v_stride, keys, width, o, o_stride); return;
+    case 1: value_rows_by_key<T, 1>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
+    case 2: value_rows_by_key<T, 2>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
+    case 3: value_rows_by_key<T, 3>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
+    case 4: value_rows_by_key<T, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
     default: static_assert(value_by_key_rows == 4); break;
   }
   constexpr index_t panel = value_panel_bytes / sizeof(T);
   if (width > panel) {
     for (index_t d = 0; d < width; d += panel) {
-      value_tile(pt, pt_stride, rows, keys, v + d, v_stride, std::min(panel, width - d), o + d, o_stride);
+      value_tile(pt, pt_stride, pt_row_stride, rows, keys, v + d, v_stride, std::min(panel, width - d), o + d,
+                 o_stride);
     }
     return;
   }
@@ -378,15 +374,18 @@ void value_tile(const T* pt, index_t pt_stride, index_t rows, index_t keys, cons
   constexpr int MR = blocking::value_rows, NV = blocking::value_vectors;
   index_t r = 0;
   for (; r + MR <= rows; r += MR) {
-    value_row_block<T, MR, NV>(pt + r, pt_stride, v, v_stride, keys, width, o + r * o_stride, o_stride);
+    value_row_block<T, MR, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+                               o + r * o_stride, o_stride);
   }
   if constexpr (MR > 4) {
     for (; r + 4 <= rows; r += 4) {
-      value_row_block<T, 4, NV>(pt + r, pt_stride, v, v_stride, keys, width, o + r * o_stride, o_stride);
+      value_row_block<T, 4, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+                                o + r * o_stride, o_stride);
     }
   }
   for (; r < rows; ++r) {
-    value_row_block<T, 1, 2 * NV>(pt + r, pt_stride, v, v_stride, keys, width, o + r * o_stride, o_stride);
+    value_row_block<T, 1, 2 * NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+                                  o + r * o_stride, o_stride);
   }
 }
 
