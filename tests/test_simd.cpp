@@ -193,25 +193,73 @@ TYPED_TEST(SimdTest, DotScoreKernelMatchesPlainLoops) {
   constexpr index_t lanes = diffattn::detail::micro_blocking<T>::lanes;
   std::mt19937_64 rng(11);
   std::uniform_real_distribution<double> dist(-1, 1);
+  // Keys: below, at and past the key blocks (up to 16 keys × 1 row on AVX-512); scores
+  // written as Sᵀ (one row of st per key) and as S (one row of st per query row, as the
+  // decoding tiles keep them), with strides wider than the data.
   for (index_t rows = 1; rows <= 7; ++rows) {
     for (index_t depth : {lanes, lanes + 1, 3 * lanes - 1, 4 * lanes}) {
-      for (index_t keys : {1, 3, 4, 9}) {
-        SCOPED_TRACE(::testing::Message() << "rows=" << rows << " depth=" << depth << " keys=" << keys);
-        const index_t k_stride = depth + 3, st_stride = rows + 2;
-        std::vector<T> k(static_cast<std::size_t>(keys * k_stride)), q(static_cast<std::size_t>(rows * depth));
-        for (auto& e : k) e = static_cast<T>(dist(rng));
-        for (auto& e : q) e = static_cast<T>(dist(rng));
-        std::vector<T> st(static_cast<std::size_t>(keys * st_stride), T(7));
-        diffattn::detail::score_tile_dot(k.data(), k_stride, keys, q.data(), rows, depth, st.data(), st_stride, 1);
-        for (index_t j = 0; j < keys; ++j) {
-          for (index_t r = 0; r < st_stride; ++r) {
-            if (r >= rows) {
-              EXPECT_EQ(st[j * st_stride + r], T(7));
-              continue;
+      for (index_t keys : {1, 3, 4, 9, 17, 33}) {
+        for (bool by_row : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << "rows=" << rows << " depth=" << depth << " keys=" << keys
+                                            << " by_row=" << by_row);
+          const index_t k_stride = depth + 3;
+          const index_t key_stride = by_row ? 1 : rows + 2, row_stride = by_row ? keys + 5 : 1;
+          const index_t st_size = by_row ? rows * row_stride : keys * key_stride;
+          std::vector<T> k(static_cast<std::size_t>(keys * k_stride)), q(static_cast<std::size_t>(rows * depth));
+          for (auto& e : k) e = static_cast<T>(dist(rng));
+          for (auto& e : q) e = static_cast<T>(dist(rng));
+          std::vector<T> st(static_cast<std::size_t>(st_size), T(7));
+          diffattn::detail::score_tile_dot(k.data(), k_stride, keys, q.data(), rows, depth, st.data(), key_stride,
+                                           row_stride);
+          std::vector<bool> written(st.size(), false);
+          for (index_t j = 0; j < keys; ++j) {
+            for (index_t r = 0; r < rows; ++r) {
+              const index_t at = j * key_stride + r * row_stride;
+              written[static_cast<std::size_t>(at)] = true;
+              double expected = 0;
+              for (index_t c = 0; c < depth; ++c) expected += double(k[j * k_stride + c]) * double(q[r * depth + c]);
+              EXPECT_NEAR(st[at], expected, tolerance<T>(double(depth) + 1, double(depth)));
             }
-            double expected = 0;
-            for (index_t c = 0; c < depth; ++c) expected += double(k[j * k_stride + c]) * double(q[r * depth + c]);
-            EXPECT_NEAR(st[j * st_stride + r], expected, tolerance<T>(double(depth) + 1, double(depth)));
+          }
+          for (std::size_t i = 0; i < st.size(); ++i) {
+            if (!written[i]) {
+              EXPECT_EQ(st[i], T(7)) << "padding at " << i;  // never written
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// value_tile reading P row-major (pt_stride 1, one row of pt per query row), as the
+// decoding tiles keep it, for every row count a decoding tile can have (below the batch
+// width) and key counts past the 4-key blocks.
+TYPED_TEST(SimdTest, ValueKernelReadsRowMajorWeights) {
+  using T = TypeParam;
+  constexpr index_t lanes = diffattn::detail::micro_blocking<T>::lanes;
+  std::mt19937_64 rng(12);
+  std::uniform_real_distribution<double> dist(-1, 1);
+  for (index_t rows = 1; rows <= std::max<index_t>(lanes, 6); ++rows) {
+    for (index_t keys : {1, 5, 19}) {
+      for (index_t width : {lanes, 3 * lanes, 9 * lanes}) {
+        SCOPED_TRACE(::testing::Message() << "rows=" << rows << " keys=" << keys << " width=" << width);
+        const index_t row_stride = keys + 3, v_stride = width + 1;
+        std::vector<T> p(static_cast<std::size_t>(rows * row_stride)), v(static_cast<std::size_t>(keys * v_stride));
+        std::vector<T> o(static_cast<std::size_t>(rows * width));
+        for (auto& e : p) e = static_cast<T>(dist(rng));
+        for (auto& e : v) e = static_cast<T>(dist(rng));
+        for (auto& e : o) e = static_cast<T>(dist(rng));
+        const std::vector<T> o_before = o;
+        diffattn::detail::value_tile(p.data(), 1, row_stride, rows, keys, v.data(), v_stride, width, o.data(), width);
+        for (index_t r = 0; r < rows; ++r) {
+          for (index_t d = 0; d < width; ++d) {
+            double expected = o_before[r * width + d], magnitude = std::abs(expected);
+            for (index_t j = 0; j < keys; ++j) {
+              expected += double(p[r * row_stride + j]) * double(v[j * v_stride + d]);
+              magnitude += std::abs(double(p[r * row_stride + j]));
+            }
+            EXPECT_NEAR(o[r * width + d], expected, tolerance<T>(double(keys) + 2, magnitude));
           }
         }
       }
