@@ -237,6 +237,16 @@ void pack_queries(TensorView<const T, 4> q, const AttentionProblem& p, const Que
   for (index_t c = 0; c < depth; ++c) std::fill(packed + c * rows_pad + rows, packed + (c + 1) * rows_pad, T(0));
 }
 
+/// Copies `count` rows of `width` elements, `stride` apart at src, one after another to
+/// dst at `padded_width` apart, zero-filling each row's padding.
+template <class T>
+void pack_rows(const T* src, index_t stride, index_t count, index_t width, index_t padded_width, T* dst) {
+  for (index_t j = 0; j < count; ++j) {
+    std::copy(src + j * stride, src + j * stride + width, dst + j * padded_width);
+    std::fill(dst + j * padded_width + width, dst + (j + 1) * padded_width, T(0));
+  }
+}
+
 /// Scores of the tile's rows against keys [first, first + count) into st, laid out as
 /// `layout` says: K·Qᵀ, plus mask·log2 e, and −inf past each row's causal limit (and,
 /// for S, in each row's padding up to whole batches). With plan.pack_keys the K rows are
@@ -251,9 +261,7 @@ void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T
   const T* keys = &k(tile.batch, tile.kv_head, first, 0);
   index_t key_stride = k.stride(2);
   if (plan.pack_keys) {
-    for (index_t j = 0; j < count; ++j) {
-      std::copy(keys + j * key_stride, keys + j * key_stride + p.head_dim, key_buffer + j * p.head_dim);
-    }
+    pack_rows(keys, key_stride, count, p.head_dim, p.head_dim, key_buffer);
     keys = key_buffer;
     key_stride = p.head_dim;
   }
@@ -475,11 +483,7 @@ const T* value_rows(const FusedArgs<T>& a, const FusedPlan& plan, const FusedSiz
     stride = a.v.stride(2);
     return src;
   }
-  for (index_t j = 0; j < count; ++j) {
-    const T* row = src + j * a.v.stride(2);
-    std::copy(row, row + a.problem.value_dim, packed + j * sz.dv_pad);
-    std::fill(packed + j * sz.dv_pad + a.problem.value_dim, packed + (j + 1) * sz.dv_pad, T(0));
-  }
+  pack_rows(src, a.v.stride(2), count, a.problem.value_dim, sz.dv_pad, packed);
   stride = sz.dv_pad;
   return packed;
 }
