@@ -4,7 +4,8 @@
 /// Work is split into tiles of query rows. A tile holds the rows of every query head that
 /// shares one kv head (grouped-query attention) for a range of query positions, so each
 /// K/V tile is read once for the whole group while it is hot in cache. Scores are kept
-/// transposed, Sᵀ [keys, rows], so query rows run along the SIMD lanes (microkernels.hpp).
+/// transposed, Sᵀ [keys, rows], so query rows run along the SIMD lanes (microkernels.hpp);
+/// decoding tiles, with fewer rows than lanes, keep S [rows, keys] instead (ScoreLayout).
 ///
 /// Standard attention streams key tiles through an online softmax ("flash"): per key
 /// tile, Sᵀ = K·Qᵀ (Q pre-scaled by scale·log2 e, so exp becomes exp2), the running row
