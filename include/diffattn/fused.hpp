@@ -131,7 +131,8 @@ struct FusedSizes {
 /// (plan.dot_scores: fewer rows than a batch has lanes) keep S, each row's keys in a run
 /// padded with −inf to whole batches, so the softmax runs on whole batches of keys: Sᵀ
 /// would cost one batch of mostly padding rows per key (a 2^x, a max and a zeroing store
-/// for 1 row of 16 with AVX-512), a third of a decoding call's time with its K/V in cache.
+/// for 1 row of 16 with AVX-512): 28% of the samples of a one-row decoding call on the
+/// Zen 4 with its K/V in cache (softmax 19%, zeroing 9%); from memory, 5–8% of the time.
 struct ScoreLayout {
   bool by_row = false;
   index_t stride = 0;  // rows_pad (Sᵀ) or keys per row (S)
