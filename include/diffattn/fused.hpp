@@ -267,23 +267,10 @@ void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T
     keys = key_buffer;
     key_stride = p.head_dim;
   }
-  const T log2e = static_cast<T>(1.4426950408889634074);
+  const index_t rows_pad = layout.stride;  // Sᵀ only
   if (layout.by_row) {
     score_tile_dot(keys, key_stride, count, q_packed, rows, p.head_dim, st, index_t{1}, layout.stride);
-    const index_t padded = round_up(count, micro_blocking<T>::lanes);
-    for (index_t r = 0; r < rows; ++r) {
-      T* row = st + r * layout.stride;
-      if (p.has_mask) {
-        const T* mask_row = &a.mask(tile.batch, tile.head(p, r), tile.position(r), first);
-        for (index_t j = 0; j < count; ++j) row[j] = std::fma(mask_row[j], log2e, row[j]);
-      }
-      const index_t visible = std::clamp<index_t>(p.key_limit(tile.position(r)) - first, 0, count);
-      std::fill(row + visible, row + padded, -std::numeric_limits<T>::infinity());
-    }
-    return;
-  }
-  const index_t rows_pad = layout.stride;
-  if (plan.dot_scores) {  // fewer rows than lanes in an Sᵀ tile (two-pass): zero the padding lanes
+  } else if (plan.dot_scores) {  // fewer rows than lanes in an Sᵀ tile (two-pass): zero the padding lanes
     using B = native_batch<T>;
     for (index_t j = 0; j < count; ++j) {
       for (index_t r = 0; r < rows_pad; r += micro_blocking<T>::lanes) B(T(0)).store_unaligned(st + j * rows_pad + r);
@@ -293,10 +280,23 @@ void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T
     score_tile(keys, key_stride, count, q_packed, rows_pad, rows_pad, p.head_dim, st, rows_pad);
   }
   if (p.has_mask) {
+    const T log2e = static_cast<T>(1.4426950408889634074);
+    const index_t at_key = layout.key_stride(), at_row = layout.row_stride();
     for (index_t r = 0; r < rows; ++r) {
       const T* mask_row = &a.mask(tile.batch, tile.head(p, r), tile.position(r), first);
-      for (index_t j = 0; j < count; ++j) st[j * rows_pad + r] = std::fma(mask_row[j], log2e, st[j * rows_pad + r]);
+      for (index_t j = 0; j < count; ++j) {
+        T& score = st[j * at_key + r * at_row];
+        score = std::fma(mask_row[j], log2e, score);
+      }
     }
+  }
+  if (layout.by_row) {  // −inf past each row's causal limit and in its padding
+    const index_t padded = round_up(count, micro_blocking<T>::lanes);
+    for (index_t r = 0; r < rows; ++r) {
+      const index_t visible = std::clamp<index_t>(p.key_limit(tile.position(r)) - first, 0, count);
+      std::fill(st + r * layout.stride + visible, st + r * layout.stride + padded, -std::numeric_limits<T>::infinity());
+    }
+    return;
   }
   if (p.key_limit(tile.first) >= first + count) return;  // every row sees every key
   // Causal: −inf past each row's limit. Lane-wise over a batch of rows rather than row
