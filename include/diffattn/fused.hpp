@@ -138,10 +138,15 @@ struct ScoreLayout {
   index_t stride = 0;  // rows_pad (Sᵀ) or keys per row (S)
   index_t key_stride() const { return by_row ? 1 : stride; }
   index_t row_stride() const { return by_row ? stride : 1; }
+  /// Keys per row of a streaming tile's S: the stream tile in whole batches.
+  template <class T>
+  static index_t stream_row_keys(const FusedPlan& plan) {
+    return round_up(plan.stream_tile, micro_blocking<T>::lanes);
+  }
   /// Two-pass tiles keep Sᵀ whatever their height: their second pass forms P lane-wise.
   template <class T>
   static ScoreLayout of(const FusedPlan& plan, index_t rows_pad) {
-    return plan.dot_scores && !plan.two_pass ? ScoreLayout{true, round_up(plan.stream_tile, micro_blocking<T>::lanes)}
+    return plan.dot_scores && !plan.two_pass ? ScoreLayout{true, stream_row_keys<T>(plan)}
                                              : ScoreLayout{false, rows_pad};
   }
 };
@@ -173,7 +178,7 @@ struct ThreadWorkspace {
     // a time (two-pass) or a stream tile; with heads_together every kv head's packed
     // queries and scores are held at once.
     const index_t score_keys = plan.two_pass ? std::max<index_t>(p.kv_len, 1)
-                                             : round_up(plan.stream_tile, micro_blocking<T>::lanes);
+                                             : ScoreLayout::stream_row_keys<T>(plan);
     const index_t value_keys = plan.two_pass ? FusedPlan::key_tile : plan.stream_tile;
     const index_t query_tiles = plan.heads_together ? p.kv_heads : 1;
     qt1.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad * query_tiles);
@@ -570,7 +575,7 @@ void flash_stream_heads(const FusedArgs<T>& a, const FusedPlan& plan, index_t it
   const index_t query_tile = item / plan.chunks % plan.tiles_per_group;
   auto tile_index = [&](index_t kv_head) { return (batch * p.kv_heads + kv_head) * plan.tiles_per_group + query_tile; };
   const index_t q_size = std::max<index_t>(p.head_dim, 1) * rows_pad;
-  const index_t s_size = round_up(plan.stream_tile, micro_blocking<T>::lanes) * rows_pad;
+  const index_t s_size = ScoreLayout::stream_row_keys<T>(plan) * rows_pad;
   for (index_t h = 0; h < p.kv_heads; ++h) {
     const QueryTile tile = tile_at(p, plan, tile_index(h));
     pack_queries(a.q1, p, tile, rows_pad, plan.dot_scores, logit_factor, ws.qt1.data() + h * q_size);
