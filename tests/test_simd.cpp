@@ -156,7 +156,7 @@ TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
         }
         // O [value_rows, width] += Pᵀᵀ·V with P = st, width as above: every
         // multiple of the row blocking, the lone-row tails, and the 1–4 row tiles of
-        // decoding (value_rows_by_key), while the rows past value_rows stay untouched.
+        // decoding (value_few_rows), while the rows past value_rows stay untouched.
         const index_t width = depth < 70 ? depth * lanes : value_panel + 3 * lanes;
         const index_t v_stride = width + 3;
         const auto v = random_vector(keys * v_stride);

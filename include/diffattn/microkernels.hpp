@@ -183,9 +183,11 @@ inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t de
                             index_t key_stride, index_t row_stride) {
   using B = native_batch<T>;
   constexpr index_t lanes = static_cast<index_t>(B::size);
-  B acc[MR][R];
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = B(T(0));
+  constexpr int count = MR * R, width = static_cast<int>(lanes);
+  constexpr int trees = (count + width - 1) / width;
+  // The add trees' inputs: each key's R accumulators, stored once the key is done.
+  B group[trees * width];
+  for (int i = count; i < trees * width; ++i) group[i] = B(T(0));
   const index_t whole = depth / lanes * lanes;
   // Key-major: one K row after another, in address order, the query vectors re-read from
   // L1. Decoding reads K from memory here, and walking MR rows side by side (MR streams)
@@ -194,22 +196,28 @@ inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t de
   // Zen 4 (AVX-512; medians of 20) 27.1 vs 18.1 on 2 threads and 21.3 vs 13.0 on one
   // (16-key blocks against the 4-key depth-major blocks it had). Same sums in the same
   // order.
+  //
+  // Only the current key's R accumulators are live, so they stay in registers. One
+  // MR × R array indexed by a run-time key loop was kept on the stack by GCC 12: every
+  // FMA loaded and stored its accumulator, a store-to-load chain per step that ran
+  // 4 query rows per kv head at 11-13 GB/s on one Zen 4 core with K/V in cache.
   for (int m = 0; m < MR; ++m) {
+    B acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = B(T(0));
+    const T* key_row = k + m * k_stride;
     for (index_t c = 0; c < whole; c += lanes) {
-      B key = B::load_unaligned(k + m * k_stride + c);
+      B key = B::load_unaligned(key_row + c);
       keep_in_register(key);
-      for (int r = 0; r < R; ++r) acc[m][r] = simd_fma(key, B::load_unaligned(q + r * depth + c), acc[m][r]);
+      for (int r = 0; r < R; ++r) acc[r] = simd_fma(key, B::load_unaligned(q + r * depth + c), acc[r]);
     }
+    for (int r = 0; r < R; ++r) group[m * R + r] = acc[r];
   }
   // Horizontal sums, `lanes` accumulators per add tree; then the depth tail, if any.
-  constexpr int count = MR * R, width = static_cast<int>(lanes);
-  for (int first = 0; first < count; first += width) {
-    B group[lanes];
-    for (int i = 0; i < width; ++i) group[i] = first + i < count ? acc[(first + i) / R][(first + i) % R] : B(T(0));
+  for (int tree = 0; tree < trees; ++tree) {
     alignas(64) T sums[lanes];
-    simd_sums(group).store_unaligned(sums);
-    for (int i = 0; i < width && first + i < count; ++i) {
-      const int m = (first + i) / R, r = (first + i) % R;
+    simd_sums(group + tree * width).store_unaligned(sums);
+    for (int i = 0; i < width && tree * width + i < count; ++i) {
+      const int m = (tree * width + i) / R, r = (tree * width + i) % R;
       st[m * key_stride + r * row_stride] = sums[i];
     }
   }
@@ -306,7 +314,7 @@ inline void value_row_block(const T* pt, index_t pt_stride, index_t pt_row_strid
 
 /// o[r][d] += Σ_j p(j, r)·v[j][d] for R rows, one key at a time across the whole width,
 /// the accumulators in L1 rather than registers: each V row is read once, whole and in
-/// address order.
+/// address order. For register files of 16 (AVX2, SSE); see value_tile.
 template <class T, int R>
 void value_rows_by_key(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
                        index_t v_stride, index_t keys, index_t width, T* o, index_t o_stride) {
@@ -327,8 +335,33 @@ void value_rows_by_key(const T* pt, index_t pt_stride, index_t pt_row_stride, co
   }
 }
 
-/// Tiles of at most this many rows (decoding: a few query rows against a long cache)
-/// take value_rows_by_key.
+/// value_tile for tiles of at most value_by_key_rows rows (decoding: a few query rows
+/// against a long cache). With 32 registers, two rows at a time keep 16 accumulators and
+/// a 512-byte run of each V row in registers (value_row_block with 8 vectors), and each
+/// pair re-reads the V tile; with 16 registers, value_rows_by_key.
+template <class T>
+void value_few_rows(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
+                    const T* v, index_t v_stride, index_t width, T* o, index_t o_stride) {
+  if constexpr (micro_blocking<T>::wide_file) {
+    for (index_t r = 0; r < rows; r += 2) {
+      const T* p_rows = pt + r * pt_row_stride;
+      if (rows - r >= 2) {
+        value_row_block<T, 2, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o + r * o_stride, o_stride);
+      } else {
+        value_row_block<T, 1, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o + r * o_stride, o_stride);
+      }
+    }
+  } else {
+    switch (rows) {
+      case 1: value_rows_by_key<T, 1>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
+      case 2: value_rows_by_key<T, 2>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
+      case 3: value_rows_by_key<T, 3>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
+      default: value_rows_by_key<T, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
+    }
+  }
+}
+
+/// Tiles of at most this many rows (decoding) take value_few_rows.
 inline constexpr index_t value_by_key_rows = 4;
 
 /// O [rows, width] += P [rows, keys] · V [keys, width]; width a multiple of the batch
@@ -345,22 +378,24 @@ inline constexpr index_t value_by_key_rows = 4;
 /// for each row block.
 ///
 /// A tile of at most value_by_key_rows rows reuses no V panel across row blocks, and its
-/// V tile usually comes from memory (decoding). The register blocks would read it in
-/// column strips 2–4 vectors wide, each strip touching a line or two of every row, which
-/// the hardware prefetcher follows poorly; reading whole rows in order instead took
+/// V tile usually comes from memory (decoding), so value_few_rows reads whole V rows (or
+/// 512-byte runs of them) in address order. With AVX2 the register blocks would read it
+/// in column strips 2–4 vectors wide, each strip touching a line or two of every row,
+/// which the hardware prefetcher follows poorly; reading whole rows in order instead took
 /// decoding at Nk = 32768, d = 128 on a 2-core Zen 3 (AVX2), medians of 40 interleaved
 /// runs (20 on one thread), from 10.3 to 12.9 GB/s with 4 query rows per kv head
-/// (2 threads) and from 8.8 to 10.0 GB/s with one (1 thread). Each output still sums its
-/// keys in order, as before.
+/// (2 threads) and from 8.8 to 10.0 GB/s with one (1 thread). With AVX-512 those
+/// accumulators in L1 were the bottleneck instead: on a Zen 4 (medians of 31–41
+/// interleaved runs, Nk 32768, d 128, 8 query heads) two rows at a time in registers
+/// took 4 query rows per kv head from 20.3–23.1 to 23.7–25.4 GB/s on 2 threads, and with
+/// K/V in cache (Nk 2048, one thread) from 21.6 to 27–31 GB/s. Each output still sums
+/// its keys in order, as before.
 template <class T>
 void value_tile(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
                 const T* v, index_t v_stride, index_t width, T* o, index_t o_stride) {
-  switch (rows) {
-    case 1: value_rows_by_key<T, 1>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
-    case 2: value_rows_by_key<T, 2>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
-    case 3: value_rows_by_key<T, 3>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
-    case 4: value_rows_by_key<T, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
-    default: static_assert(value_by_key_rows == 4); break;
+  if (rows <= value_by_key_rows) {
+    value_few_rows(pt, pt_stride, pt_row_stride, rows, keys, v, v_stride, width, o, o_stride);
+    return;
   }
   constexpr index_t panel = value_panel_bytes / sizeof(T);
   if (width > panel) {
