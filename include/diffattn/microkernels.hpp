@@ -385,11 +385,12 @@ inline constexpr index_t value_by_key_rows = 4;
 /// decoding at Nk = 32768, d = 128 on a 2-core Zen 3 (AVX2), medians of 40 interleaved
 /// runs (20 on one thread), from 10.3 to 12.9 GB/s with 4 query rows per kv head
 /// (2 threads) and from 8.8 to 10.0 GB/s with one (1 thread). With AVX-512 those
-/// accumulators in L1 were the bottleneck instead: on a Zen 4 (medians of 31–41
-/// interleaved runs, Nk 32768, d 128, 8 query heads) two rows at a time in registers
-/// took 4 query rows per kv head from 20.3–23.1 to 23.7–25.4 GB/s on 2 threads, and with
-/// K/V in cache (Nk 2048, one thread) from 21.6 to 27–31 GB/s. Each output still sums
-/// its keys in order, as before.
+/// accumulators in L1 were the bottleneck instead: on a Zen 4 (two A/B runs, medians of
+/// 21–41 interleaved runs, d 128, 8 query heads, 4 query rows per kv head) two rows at a
+/// time in registers took Nk = 32768 from 20.1–22.2 to 22.9–25.9 GB/s on 2 threads and
+/// from 12.0 to 14.1–14.9 on one, and Nk = 2048 (K/V in cache, one thread) from 17–18 to
+/// 23.5–27.5; four rows in 4-vector strips were slower than pairs from memory. Each output
+/// still sums its keys in order, as before.
 template <class T>
 void value_tile(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
                 const T* v, index_t v_stride, index_t width, T* o, index_t o_stride) {
