@@ -335,10 +335,14 @@ void value_rows_by_key(const T* pt, index_t pt_stride, index_t pt_row_stride, co
   }
 }
 
-/// value_tile for tiles of at most value_by_key_rows rows (decoding: a few query rows
-/// against a long cache). With 32 registers, two rows at a time keep 16 accumulators and
-/// a 512-byte run of each V row in registers (value_row_block with 8 vectors), and each
-/// pair re-reads the V tile; with 16 registers, value_rows_by_key.
+/// Tiles of at most this many rows (decoding: a few query rows against a long cache)
+/// take value_few_rows.
+inline constexpr index_t value_few_rows_max = 4;
+
+/// value_tile for tiles of at most value_few_rows_max rows (decoding). With 32 registers,
+/// two rows at a time keep 16 accumulators and a 512-byte run of each V row in registers
+/// (value_row_block with 8 vectors), and each pair re-reads the V tile; with 16 registers,
+/// value_rows_by_key.
 template <class T>
 void value_few_rows(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
                     const T* v, index_t v_stride, index_t width, T* o, index_t o_stride) {
@@ -356,13 +360,13 @@ void value_few_rows(const T* pt, index_t pt_stride, index_t pt_row_stride, index
       case 1: value_rows_by_key<T, 1>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
       case 2: value_rows_by_key<T, 2>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
       case 3: value_rows_by_key<T, 3>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
-      default: value_rows_by_key<T, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
+      default:
+        static_assert(value_few_rows_max == 4);
+        value_rows_by_key<T, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride);
+        return;
     }
   }
 }
-
-/// Tiles of at most this many rows (decoding) take value_few_rows.
-inline constexpr index_t value_by_key_rows = 4;
 
 /// O [rows, width] += P [rows, keys] · V [keys, width]; width a multiple of the batch
 /// width, any number of rows. The weight of key j for row r is pt[j·pt_stride +
@@ -377,7 +381,7 @@ inline constexpr index_t value_by_key_rows = 4;
 /// a whole 128-float-wide tile is 32 KB, as large as Zen 3's L1, and was re-read from L2
 /// for each row block.
 ///
-/// A tile of at most value_by_key_rows rows reuses no V panel across row blocks, and its
+/// A tile of at most value_few_rows_max rows reuses no V panel across row blocks, and its
 /// V tile usually comes from memory (decoding), so value_few_rows reads whole V rows (or
 /// 512-byte runs of them) in address order. With AVX2 the register blocks would read it
 /// in column strips 2–4 vectors wide, each strip touching a line or two of every row,
@@ -394,7 +398,7 @@ inline constexpr index_t value_by_key_rows = 4;
 template <class T>
 void value_tile(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
                 const T* v, index_t v_stride, index_t width, T* o, index_t o_stride) {
-  if (rows <= value_by_key_rows) {
+  if (rows <= value_few_rows_max) {
     value_few_rows(pt, pt_stride, pt_row_stride, rows, keys, v, v_stride, width, o, o_stride);
     return;
   }
