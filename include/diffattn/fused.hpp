@@ -80,7 +80,12 @@ struct FusedPlan {
   // Spreading the prefetches over the tile, 16–64 keys ahead, or with the L2 hint, measured
   // no better than none on either. (heads_together items are the exception: see
   // prefetch_heads.)
-  static constexpr index_t decode_key_tile = 256;
+  // On the Zen 4 (AVX-512, key-major kernels) 512 keys beat 256 in all 7 A/B pairs
+  // (medians of 11–31 interleaved runs): time ×0.93–0.98 for Hkv 8 and Hkv 2 on one and
+  // two threads and for differential Hq 4, Hkv 2, d 64. 1024 was no better than 512
+  // (median ×0.956 against ×0.953 over 9 pairs); 2048 lost 11% at Hkv 2 in its one pair.
+  // On the Zen 3, 512 had measured no better than 256 (above); it was not re-measured there.
+  static constexpr index_t decode_key_tile = 512;
   // Decoding with every kv head per item (heads_together): K (or V) rows of all heads per
   // key tile, at least 16 keys. Nk = 32768, d = 128, [B, N, H, D] K/V on the Zen 3,
   // medians of 30 interleaved runs (15 on one thread): 128 rows vs 256, Hkv 8 19.5 vs
