@@ -98,8 +98,9 @@ struct FusedPlan {
   static constexpr index_t short_causal_rows = 32;
   static constexpr index_t short_causal_len = 512;
   static constexpr index_t split_chunk_min = 1024;
-  // Split decoding: chunks × tiles, about. On the Zen 4 with 512-key tiles, 8 and 32 ran
-  // within 3% of 16 (Hkv 2 and 4, one and two threads, differential Hkv 2; 8 A/B pairs).
+  // Split decoding aims at about this many work items (chunks × tiles). On the Zen 4 with
+  // 512-key tiles, 8 and 32 ran within 3% of 16 (Hkv 2 and 4, one and two threads,
+  // differential Hkv 2; 8 A/B pairs).
   static constexpr index_t split_items = 16;
   static constexpr index_t max_split_chunks = split_items;
   static constexpr index_t key_tiles(index_t keys) { return (keys + key_tile - 1) / key_tile; }
