@@ -73,7 +73,7 @@ inline constexpr std::size_t value_panel_bytes = 256;
 
 /// Keeps a loaded batch in a register. Without it GCC folds the load into each FMA that
 /// uses it (MR loads instead of one), which makes the kernels load-bound: measured
-/// 154 → 205 GFLOP/s for the 4×4 value block on AVX-512.
+/// 154 → 205 GFLOP/s for the 4×4 value block of the time on AVX-512.
 template <class B>
 inline void keep_in_register(B& batch) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(DIFFATTN_NO_SIMD)
@@ -377,7 +377,7 @@ void value_few_rows(const T* pt, index_t pt_stride, index_t pt_row_stride, index
 /// width, any number of rows. The weight of key j for row r is pt[j·pt_stride +
 /// r·pt_row_stride]: Pᵀ as the prefill tiles keep it (pt_row_stride = 1), or P as the
 /// decoding tiles do (pt_stride = 1). V rows are `v_stride` apart and read in place.
-/// Rows go value_rows at a time (then 4 at a time where value_rows is 6); the rest one
+/// Rows go 6 at a time, then 4 at a time (as many 6s as leave a multiple of 4); the rest one
 /// at a time with twice the vectors, so a lone row still has 8 independent FMA chains
 /// rather than computing rows of padding.
 ///
@@ -417,24 +417,21 @@ void value_tile(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t r
   }
   using blocking = micro_blocking<T>;
   constexpr int MR = blocking::value_rows, NV = blocking::value_vectors;
-  // As many MR-row blocks as leave a multiple of 4 rows (32 = 4·6 + 2·4, 64 = 10·6 + 4):
-  // a lone row feeds fewer FMAs per broadcast. With 5·6 + 2 lone rows, 32-row tiles
-  // (short causal sequences) ran 2–3% slower than with 4 × 4 blocks on the Xeon.
-  index_t big_rows = rows / MR * MR;
-  if constexpr (MR > 4) {
-    while (big_rows > 0 && (rows - big_rows) % 4 != 0) big_rows -= MR;
-    if ((rows - big_rows) % 4 != 0) big_rows = rows / MR * MR;
-  }
+  static_assert(MR == 6, "the split below assumes 6-row blocks");
+  // 6-row blocks, then 4-row ones, then lone rows, which feed fewer FMAs per broadcast.
+  // As 6 ≡ 2 (mod 4), one 6-row block fewer turns an even remainder of 2 into a multiple
+  // of 4 (32 = 4·6 + 2·4, 64 = 10·6 + 4). With 5·6 + 2 lone rows, 32-row tiles (short
+  // causal sequences) ran 2–3% slower than with 4 × 4 blocks on the Xeon.
+  index_t six_rows = rows / MR * MR;
+  if (rows % 2 == 0 && (rows - six_rows) % 4 != 0 && six_rows > 0) six_rows -= MR;
   index_t r = 0;
-  for (; r < big_rows; r += MR) {
+  for (; r < six_rows; r += MR) {
     value_row_block<T, MR, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
                                o + r * o_stride, o_stride);
   }
-  if constexpr (MR > 4) {
-    for (; r + 4 <= rows; r += 4) {
-      value_row_block<T, 4, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
-                                o + r * o_stride, o_stride);
-    }
+  for (; r + 4 <= rows; r += 4) {
+    value_row_block<T, 4, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+                              o + r * o_stride, o_stride);
   }
   for (; r < rows; ++r) {
     value_row_block<T, 1, 2 * NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
