@@ -11,8 +11,9 @@ are then medians across the runs, and ratios are taken within each run, then the
 
 Standard library only (no matplotlib), so it runs wherever the benchmark does. With
 repetitions the median of each benchmark is used, otherwise its single run. The figure
-draws every rate against the machine limits the benchmark binary measured at start-up
-(FMA peak per core times threads, read bandwidth), so the reference lines come from the
+draws every rate against the machine limits the benchmark binary measured (FMA peak per
+core times threads at start-up; read bandwidth at start-up or, when larger, the median of
+its ReadBandwidth benchmarks run among the others), so the reference lines come from the
 same run as the points.
 """
 
@@ -76,6 +77,15 @@ def middle(values):
     return values[len(values) // 2] if values else None
 
 
+def run_bandwidth(context, runs):
+    """A run's read bandwidth: the larger of the start-up measurement and the best median
+    of its ReadBandwidth benchmarks (sampled among the decoding runs; older sweeps have
+    none), as the benchmark binary's own table takes it."""
+    in_run = [entry["GB/s"] for name, entry in runs.items()
+              if name.startswith("ReadBandwidth/") and "GB/s" in entry]
+    return max([float(context.get("read_bandwidth_gbs", "nan"))] + in_run)
+
+
 class Sweep:
     """One or several runs of the sweep. Rates are each benchmark's median-time entry
     across the runs; ratios are taken within each run and then their median, so every
@@ -86,14 +96,14 @@ class Sweep:
         self.sets = sets
         self.context = dict(sets[0][0])
         self.peak = middle([float(c.get("fma_peak_gflops_per_core", "nan")) for c, _ in sets])
-        self.bandwidth = middle([float(c.get("read_bandwidth_gbs", "nan")) for c, _ in sets])
+        self.bandwidth = middle([run_bandwidth(c, r) for c, r in sets])
         names = {name for _, runs in sets for name in runs}
         self.runs = {name: middle_entry([r[name] for _, r in sets if name in r]) for name in names}
 
     def bandwidth_fraction(self, name):
         """Median over the runs of GB/s over that run's measured read bandwidth."""
         key = benchmark_name(name)
-        return middle([r[key]["GB/s"] / float(c["read_bandwidth_gbs"]) for c, r in self.sets
+        return middle([r[key]["GB/s"] / run_bandwidth(c, r) for c, r in self.sets
                        if key in r and "GB/s" in r[key] and "read_bandwidth_gbs" in c])
 
     def ratio(self, numerator, denominator):
@@ -326,7 +336,8 @@ def summary(sweep):
     runs = len(sweep.sets) if len(sweep.sets) > 1 else None
     lines = [
         f"Machine (measured by the benchmark binary): fp32 FMA peak {sweep.peak:.1f} GFLOP/s per core, "
-        + (f"{threads} threads, " if threads else "") + f"read bandwidth {sweep.bandwidth:.1f} GB/s."
+        + (f"{threads} threads, " if threads else "") + f"read bandwidth {sweep.bandwidth:.1f} GB/s"
+        " (the larger of the start-up loop and its in-run ReadBandwidth median)."
         + (f" Rates are medians across {runs} runs of the sweep; ratios are taken within each run, then"
            " their median." if runs else ""),
         "",
