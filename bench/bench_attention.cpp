@@ -390,7 +390,7 @@ void BM_DecodeProjectionLayout(benchmark::State& state) {
 
 /// The start-up bandwidth loop again, as a benchmark among the decoding runs (arg: streams
 /// per thread): on a shared host the bandwidth moves while the sweep runs (the start-up
-/// loop read 49 and 92 GB/s in two start-ups ten minutes apart on a 2-core Zen 5), and
+/// loop read 92 and 49 GB/s in two start-ups 25 minutes apart on a 2-core Zen 5), and
 /// the decoding rates with it, so "% of read bandwidth" is taken against the larger of
 /// the start-up figure and the best median of these, sampled in the same run and, with
 /// --benchmark_enable_random_interleaving, between the decoding runs.
