@@ -320,6 +320,31 @@ TYPED_TEST(FusedTest, LongestContractedSequenceMatchesReference) {
   }
 }
 
+// Two-pass differential tiles whose workspace passes FusedPlan::stream_workspace_bytes
+// write it with non-temporal stores from an L1 tile: 8 query tiles of 64 rows (so the keys
+// are not split as for decoding) against 8200 keys, past the threshold for both types.
+TYPED_TEST(FusedTest, StreamedWorkspaceMatchesReference) {
+  constexpr index_t rows = diffattn::detail::FusedPlan::target_rows, keys = 8200;
+  ASSERT_TRUE(diffattn::detail::streams_workspace<TypeParam>(rows, keys));
+  ASSERT_FALSE(diffattn::detail::streams_workspace<TypeParam>(rows, 1024));
+  for (const bool causal : {false, true}) {
+    Case c = draw_case(6100 + causal);
+    c.batch = 1;
+    c.kv_heads = 1;
+    c.group = 1;
+    c.q_len = 8 * rows;
+    c.kv_len = keys;
+    c.head_dim = 8;
+    c.value_dim = 16;
+    c.causal = causal;
+    c.layout = causal ? Layout::strided : Layout::contiguous;
+    c.mask = MaskKind::none;
+    c.workspace_limit = std::size_t{64} << 20;
+    c.threads = 2;
+    run_case<TypeParam>(c);
+  }
+}
+
 /// Runs standard and differential attention with `threads` and returns both outputs.
 template <class T>
 std::vector<Tensor<T, 4>> outputs_with_threads(const Case& c, int threads) {

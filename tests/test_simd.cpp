@@ -114,6 +114,26 @@ TYPED_TEST(SimdTest, SumsOfRowsPutEachRowInItsLane) {
   for (std::size_t i = 0; i < lanes; ++i) EXPECT_EQ(sums[i], expected[i]) << "lane " << i;
 }
 
+// stream_copy: non-temporal stores to a destination aligned to the batch width, with a
+// tail of ordinary ones; ordinary stores throughout to one that is not aligned.
+TYPED_TEST(SimdTest, StreamCopyCopiesEveryLengthAndAlignment) {
+  using T = TypeParam;
+  constexpr std::ptrdiff_t lanes = static_cast<std::ptrdiff_t>(native_batch<T>::size);
+  Tensor<T, 1> source({4 * lanes + 8});
+  for (index_t i = 0; i < source.size(); ++i) source(i) = static_cast<T>(i + 1);
+  for (std::ptrdiff_t offset : {std::ptrdiff_t{0}, std::ptrdiff_t{1}, lanes}) {
+    for (std::ptrdiff_t n = 0; n <= 3 * lanes + 5; ++n) {
+      Tensor<T, 1> target({4 * lanes + 8}, T(-1));  // 64-byte aligned storage
+      diffattn::detail::stream_copy(source.data() + 1, target.data() + offset, n);
+      diffattn::detail::stream_fence();
+      for (std::ptrdiff_t i = 0; i < target.size(); ++i) {
+        const T expected = i >= offset && i < offset + n ? source(i - offset + 1) : T(-1);
+        ASSERT_EQ(target(i), expected) << "offset " << offset << ", n " << n << ", element " << i;
+      }
+    }
+  }
+}
+
 TYPED_TEST(SimdTest, MicroKernelsMatchPlainLoopsForEveryTail) {
   using T = TypeParam;
   using blocking = diffattn::detail::micro_blocking<T>;

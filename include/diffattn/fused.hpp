@@ -98,6 +98,17 @@ struct FusedPlan {
   static constexpr index_t short_causal_rows = 32;
   static constexpr index_t short_causal_len = 512;
   static constexpr index_t split_chunk_min = 1024;
+  // Two-pass tiles whose workspace (both maps' 2^(s − m), rows × Nk) is at least this
+  // large score each key tile into an L1 tile and stream the exponentials to the
+  // workspace with non-temporal stores (FusedPlan::stream_workspace). On a 2-core Zen 5
+  // (1 MB L2; in-process A/B against writing in place, medians of 5–9 interleaved runs,
+  // one and two threads, a noisy host) 30 pairs at N = 8192–16384 (64-row tiles: 4–8 MiB)
+  // ran ×0.96 the time at the median, single pairs ×0.89–1.04 (d = 64 at 16384: ×0.89–0.96
+  // in 7 of 8); at N = 2048–4096 it cost ×1.02–1.06 and at 6144 (3 MiB) it was mixed.
+  // Below this the workspace stays in cache until the second pass reads it; above it
+  // every line written in place costs a read for ownership and displaces K/V lines that
+  // the next tiles read again.
+  static constexpr std::size_t stream_workspace_bytes = std::size_t{4} << 20;
   // Split decoding aims at about this many work items (chunks × tiles). On the Zen 4 with
   // 512-key tiles, 8 and 32 ran within 3% of 16 (Hkv 2 and 4, one and two threads,
   // differential Hkv 2; 8 A/B pairs).
@@ -112,6 +123,7 @@ struct FusedPlan {
   index_t chunks = 1;
   bool split_keys = false;
   bool two_pass = false;    // diff only
+  bool stream_workspace = false;  // two-pass: exponentials reach the workspace by streaming stores
   bool dot_scores = false;  // tiles have fewer rows than a batch: SIMD along D instead
   bool heads_together = false;  // decoding, kv heads interleaved: items span every kv head
   // Prefill tiles whose K (V) rows are not adjacent in memory copy each key tile into a
@@ -122,6 +134,12 @@ struct FusedPlan {
   index_t stream_tile = key_tile;  // keys per tile in flash_stream
   int threads = 1;
 };
+
+/// Whether a two-pass tile of `rows_pad` rows against `keys` keys streams its workspace.
+template <class T>
+bool streams_workspace(index_t rows_pad, index_t keys) {
+  return static_cast<std::size_t>(2 * rows_pad * keys) * sizeof(T) >= FusedPlan::stream_workspace_bytes;
+}
 
 /// Padded sizes that follow from the shapes.
 template <class T>
@@ -720,6 +738,8 @@ native_batch<T> row_weight(native_batch<T> num, native_batch<T> sum) {
 /// Differential attention for one tile, two-pass with one P·V product.
 /// Pass 1, per key tile: scores of both maps, then (while the tile is in L1) 2^(s − m)
 /// against each row's running max m, the running sums l, and the m each key tile used.
+/// A workspace too large to stay in cache (plan.stream_workspace) is written with
+/// non-temporal stores from an L1 tile rather than in place.
 /// Pass 2, per key tile: P = e1·2^(m1_t − m1)/l1 − e2·λ·2^(m2_t − m2)/l2 into an L1
 /// tile, then P·V. The rows × Nk workspace is written once and read once; forming P
 /// only after every key is seen is what keeps a single P·V product (two online states
@@ -753,13 +773,19 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const FusedPlan& plan, const Quer
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
     T* e1 = st1 + j0 * rows_pad;
     T* e2 = st2 + j0 * rows_pad;
-    score_keys(a, plan, a.k1, tile, ScoreLayout{false, rows_pad}, ws.qt1.data(), j0, count, e1, ws.keys.data());
-    online_softmax_tile(m1, l1, e1, rows_pad, count, rescale);
+    // Streaming: each map's scores and exponentials in the L1 tile, then streamed out.
+    T* work1 = plan.stream_workspace ? ws.p_tile.data() : e1;
+    T* work2 = plan.stream_workspace ? ws.p_tile.data() : e2;
+    score_keys(a, plan, a.k1, tile, ScoreLayout{false, rows_pad}, ws.qt1.data(), j0, count, work1, ws.keys.data());
+    online_softmax_tile(m1, l1, work1, rows_pad, count, rescale);
+    if (plan.stream_workspace) stream_copy(work1, e1, count * rows_pad);
     std::copy(m1, m1 + rows_pad, tile_max1 + t * rows_pad);
-    score_keys(a, plan, a.k2, tile, ScoreLayout{false, rows_pad}, ws.qt2.data(), j0, count, e2, ws.keys.data());
-    online_softmax_tile(m2, l2, e2, rows_pad, count, rescale);
+    score_keys(a, plan, a.k2, tile, ScoreLayout{false, rows_pad}, ws.qt2.data(), j0, count, work2, ws.keys.data());
+    online_softmax_tile(m2, l2, work2, rows_pad, count, rescale);
+    if (plan.stream_workspace) stream_copy(work2, e2, count * rows_pad);
     std::copy(m2, m2 + rows_pad, tile_max2 + t * rows_pad);
   }
+  if (plan.stream_workspace) stream_fence();
   for (index_t r = 0; r < rows_pad; ++r) {
     lambda_rows[r] = r < rows ? a.lambda(tile.batch, tile.head(p, r), tile.position(r)) : T(0);
   }
@@ -867,6 +893,7 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
     while (plan.threads > 1 && total_bytes() > workspace_limit) --plan.threads;
   }
   plan.positions_per_tile = positions;
+  plan.stream_workspace = plan.two_pass && streams_workspace<T>(FusedSizes<T>::rows_padded(p.group * positions), all_keys);
   plan.tiles_per_group = (p.q_len + positions - 1) / positions;
   plan.tiles = groups * plan.tiles_per_group;
   if (!plan.split_keys) plan.key_chunk = all_keys;

@@ -12,6 +12,10 @@
 
 #include <xsimd/xsimd.hpp>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #if defined(XSIMD_NO_SUPPORTED_ARCHITECTURE) && !defined(DIFFATTN_NO_SIMD)
 #define DIFFATTN_NO_SIMD 1
 #endif
@@ -235,6 +239,71 @@ xsimd::batch<T, A> exp2_nonpositive(const xsimd::batch<T, A>& x) {
   return xsimd::select(underflow, B(T(0)), p * xsimd::bitwise_cast<B>(exponent));
 }
 #endif
+
+#if !defined(DIFFATTN_NO_SIMD)
+/// A non-temporal store of `b` to `dst`, aligned to the batch width: on x86 the line goes
+/// to memory without being read first (no read-for-ownership) and without displacing
+/// what the caches hold. An ordinary aligned store elsewhere.
+template <class T, class A>
+void stream_store(T* dst, const xsimd::batch<T, A>& b) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_stream_ps(dst, b);
+    } else {
+      _mm512_stream_pd(dst, b);
+    }
+    return;
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (std::is_base_of_v<xsimd::avx, A>) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm256_stream_ps(dst, b);
+    } else {
+      _mm256_stream_pd(dst, b);
+    }
+    return;
+  }
+#endif
+#if defined(__SSE2__)
+  if constexpr (std::is_base_of_v<xsimd::sse2, A>) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm_stream_ps(dst, b);
+    } else {
+      _mm_stream_pd(dst, b);
+    }
+    return;
+  }
+#endif
+  b.store_aligned(dst);
+}
+#endif
+
+/// Copies n elements from src to dst, with non-temporal stores (stream_store) when dst is
+/// aligned to the batch width, else with ordinary ones. stream_fence() orders them.
+template <class T>
+void stream_copy(const T* src, T* dst, std::ptrdiff_t n) {
+#if !defined(DIFFATTN_NO_SIMD)
+  using B = native_batch<T>;
+  constexpr std::ptrdiff_t lanes = static_cast<std::ptrdiff_t>(B::size);
+  if (reinterpret_cast<std::uintptr_t>(dst) % (B::size * sizeof(T)) == 0) {
+    std::ptrdiff_t i = 0;
+    for (; i + lanes <= n; i += lanes) stream_store(dst + i, B::load_unaligned(src + i));
+    std::copy(src + i, src + n, dst + i);
+    return;
+  }
+#endif
+  std::copy(src, src + n, dst);
+}
+
+/// Orders the non-temporal stores before it with the stores after it (x86: sfence).
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 /// Rounds n up to a multiple of m.
 constexpr std::ptrdiff_t round_up(std::ptrdiff_t n, std::ptrdiff_t m) { return (n + m - 1) / m * m; }
