@@ -249,31 +249,19 @@ void stream_store(T* dst, const xsimd::batch<T, A>& b) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
 #if defined(__AVX512F__)
   if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
-    if constexpr (std::is_same_v<T, float>) {
-      _mm512_stream_ps(dst, b);
-    } else {
-      _mm512_stream_pd(dst, b);
-    }
+    if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(dst, b); else _mm512_stream_pd(dst, b);
     return;
   }
 #endif
 #if defined(__AVX__)
   if constexpr (std::is_base_of_v<xsimd::avx, A>) {
-    if constexpr (std::is_same_v<T, float>) {
-      _mm256_stream_ps(dst, b);
-    } else {
-      _mm256_stream_pd(dst, b);
-    }
+    if constexpr (std::is_same_v<T, float>) _mm256_stream_ps(dst, b); else _mm256_stream_pd(dst, b);
     return;
   }
 #endif
 #if defined(__SSE2__)
   if constexpr (std::is_base_of_v<xsimd::sse2, A>) {
-    if constexpr (std::is_same_v<T, float>) {
-      _mm_stream_ps(dst, b);
-    } else {
-      _mm_stream_pd(dst, b);
-    }
+    if constexpr (std::is_same_v<T, float>) _mm_stream_ps(dst, b); else _mm_stream_pd(dst, b);
     return;
   }
 #endif
