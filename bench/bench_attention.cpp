@@ -124,7 +124,7 @@ std::size_t read_pass(const float* data, std::size_t n, int threads, int streams
 }
 
 /// A read buffer, 64-byte aligned as the kernels' tensors are (new[] gave 16 mod 64, so
-/// every 64-byte load straddled two lines), each thread's slice first touched by it.
+/// every 64-byte load straddled two lines), written once by every thread before it is read.
 diffattn::Tensor<float, 1> bandwidth_buffer(int threads) {
   diffattn::Tensor<float, 1> buffer({static_cast<index_t>(bandwidth_elements)});
   float* const data = buffer.data();

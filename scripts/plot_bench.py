@@ -81,9 +81,11 @@ def run_bandwidth(context, runs):
     """A run's read bandwidth: the larger of the start-up measurement and the best median
     of its ReadBandwidth benchmarks (sampled among the decoding runs; older sweeps have
     none), as the benchmark binary's own table takes it."""
-    in_run = [entry["GB/s"] for name, entry in runs.items()
+    values = [entry["GB/s"] for name, entry in runs.items()
               if name.startswith("ReadBandwidth/") and "GB/s" in entry]
-    return max([float(context.get("read_bandwidth_gbs", "nan"))] + in_run)
+    values.append(float(context.get("read_bandwidth_gbs", "nan")))
+    values = [v for v in values if not math.isnan(v)]
+    return max(values) if values else float("nan")
 
 
 class Sweep:
