@@ -769,21 +769,22 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const FusedPlan& plan, const Quer
   std::fill(m2, m2 + rows_pad, minus_inf);
   std::fill(l1, l1 + rows_pad, T(0));
   std::fill(l2, l2 + rows_pad, T(0));
+  // One map's key tile [j0, j0 + count): 2^(s − m) into its workspace slice `e`, (m, l)
+  // updated and the m it used recorded. Streaming: scores and exponentials in the L1
+  // tile, then streamed out.
+  auto map_tile = [&](TensorView<const T, 4> k, const T* qt, T* m, T* l, T* workspace, T* tile_max, index_t j0,
+                      index_t count, index_t t) {
+    T* e = workspace + j0 * rows_pad;
+    T* work = plan.stream_workspace ? ws.p_tile.data() : e;
+    score_keys(a, plan, k, tile, ScoreLayout{false, rows_pad}, qt, j0, count, work, ws.keys.data());
+    online_softmax_tile(m, l, work, rows_pad, count, rescale);
+    if (plan.stream_workspace) stream_copy(work, e, count * rows_pad);
+    std::copy(m, m + rows_pad, tile_max + t * rows_pad);
+  };
   for (index_t j0 = 0, t = 0; j0 < key_end; j0 += FusedPlan::key_tile, ++t) {
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
-    T* e1 = st1 + j0 * rows_pad;
-    T* e2 = st2 + j0 * rows_pad;
-    // Streaming: each map's scores and exponentials in the L1 tile, then streamed out.
-    T* work1 = plan.stream_workspace ? ws.p_tile.data() : e1;
-    T* work2 = plan.stream_workspace ? ws.p_tile.data() : e2;
-    score_keys(a, plan, a.k1, tile, ScoreLayout{false, rows_pad}, ws.qt1.data(), j0, count, work1, ws.keys.data());
-    online_softmax_tile(m1, l1, work1, rows_pad, count, rescale);
-    if (plan.stream_workspace) stream_copy(work1, e1, count * rows_pad);
-    std::copy(m1, m1 + rows_pad, tile_max1 + t * rows_pad);
-    score_keys(a, plan, a.k2, tile, ScoreLayout{false, rows_pad}, ws.qt2.data(), j0, count, work2, ws.keys.data());
-    online_softmax_tile(m2, l2, work2, rows_pad, count, rescale);
-    if (plan.stream_workspace) stream_copy(work2, e2, count * rows_pad);
-    std::copy(m2, m2 + rows_pad, tile_max2 + t * rows_pad);
+    map_tile(a.k1, ws.qt1.data(), m1, l1, st1, tile_max1, j0, count, t);
+    map_tile(a.k2, ws.qt2.data(), m2, l2, st2, tile_max2, j0, count, t);
   }
   if (plan.stream_workspace) stream_fence();
   for (index_t r = 0; r < rows_pad; ++r) {
