@@ -264,6 +264,106 @@ TEST(AttentionValidation, ScaleAndThreads) {
   }
 }
 
+// A scale finite in double but not as the float kernels use it (times log2 e) was
+// accepted and gave NaN everywhere.
+TEST(AttentionValidation, ScaleMustBeFiniteInTheElementType) {
+  for (const EntryPoints& entry : entry_points()) {
+    Valid valid;
+    AttentionOptions<float> options;
+    for (const double scale : {1e300, -1e300, 3e38}) {
+      options.scale = scale;
+      expect_error<std::invalid_argument>(
+          [&] { entry.softmax(valid.q1, valid.k1, valid.v, valid.out, options); }, {"options.scale", "finite"});
+      expect_error<std::invalid_argument>(
+          [&] {
+            entry.diff(valid.q1, valid.q2, valid.k1, valid.k2, valid.v, valid.lambda, valid.out, options);
+          },
+          {"options.scale", "finite"});
+    }
+    EXPECT_TRUE(valid.out_untouched());
+  }
+  // The same scale is fine for double kernels, and a float one just inside the range too.
+  Tensor<double, 4> q({1, 1, 2, 3}), k({1, 1, 4, 3}), v({1, 1, 4, 2}), out({1, 1, 2, 2});
+  AttentionOptions<double> options;
+  options.scale = 1e300;
+  EXPECT_NO_THROW(diffattn::softmax_attention<double>(q, k, v, out, options));
+  Valid valid;
+  AttentionOptions<float> float_options;
+  float_options.scale = 2e38;
+  EXPECT_NO_THROW(diffattn::softmax_attention<float>(valid.q1, valid.k1, valid.v, valid.out, float_options));
+}
+
+// K and V broadcast to 2^59 keys through stride-0 views (8 batches of 1024 query heads):
+// the workspace size overflowed, the two-pass method was chosen with a buffer far too
+// small, and the call wrote through a null pointer. The FLOP count overflows too, so the
+// call is refused, before anything is read or written, also with a warm scratch.
+TEST(AttentionValidation, ProblemWhoseSizeOverflowsIsRefused) {
+  const index_t keys = index_t{1} << 59;
+  const float one = 1;
+  const Q k(&one, {8, 1, keys, 1}, {0, 0, 0, 1});
+  Tensor<float, 4> q({8, 1024, 1, 1}, 0.5f), out({8, 1024, 1, 1}, 42.0f);
+  const Tensor<float, 1> lambda({1024}, 0.5f);
+  Valid warm;  // leaves scratch behind in this thread
+  diffattn::diff_attention<float>(warm.q1, warm.q2, warm.k1, warm.k2, warm.v, warm.lambda, warm.out);
+  for (const EntryPoints& entry : entry_points()) {
+    SCOPED_TRACE(entry.name);
+    expect_error<shape_error>([&] { entry.softmax(q, k, k, out, {}); }, {"FLOP count", "overflows"});
+    expect_error<shape_error>([&] { entry.diff(q, q, k, k, k, lambda, out, {}); }, {"FLOP count", "overflows"});
+    for (index_t n = 0; n < out.size(); ++n) ASSERT_EQ(out.data()[n], 42.0f);
+  }
+}
+
+// A problem that fits but whose two-pass workspace (rows × Nk per map) would not fit an
+// index_t takes the streaming method: the plan's size arithmetic saturates rather than
+// overflowing into a small "fitting" size.
+TEST(AttentionValidation, PlanForAHugeKeyCountStreams) {
+  using diffattn::detail::FusedArgs;
+  FusedArgs<float> args;
+  args.diff = true;
+  args.problem.batch = 1;
+  args.problem.q_heads = 1;
+  args.problem.kv_heads = 1;
+  args.problem.q_len = 3;
+  args.problem.kv_len = index_t{1} << 58;
+  args.problem.head_dim = 0;
+  args.problem.value_dim = 1;
+  for (const std::size_t limit : {std::size_t{64} << 20, std::numeric_limits<std::size_t>::max()}) {
+    const diffattn::detail::FusedSizes<float> sizes(args.problem);
+    const auto plan = diffattn::detail::make_plan(args, sizes, 1, limit);
+    EXPECT_FALSE(plan.two_pass) << limit;
+  }
+  EXPECT_EQ(diffattn::detail::size_mul(index_t{1} << 40, index_t{1} << 40), diffattn::detail::saturated_size);
+  EXPECT_FALSE(diffattn::detail::fits_in(diffattn::detail::saturated_size, std::numeric_limits<std::size_t>::max()));
+}
+
+// q and k of head dimension 0 (empty, no storage): every logit is 0, so each row averages
+// V. The kernels bound a reference to the null data while packing and scoring (UBSan).
+TEST(AttentionValidation, ZeroHeadDimensionAveragesValues) {
+  const Q q(nullptr, {1, 2, 5, 0}), k(nullptr, {1, 1, 70, 0});
+  std::mt19937_64 rng(5);
+  auto v = random_tensor<float, 4>({1, 1, 70, 3}, rng);
+  const Tensor<float, 1> lambda({2}, 0.25f);
+  for (const bool decoding : {false, true}) {
+    const Q rows = decoding ? q.slice(2, 0, 1) : q;
+    Tensor<float, 4> standard({1, 2, rows.extent(2), 3}), diff({1, 2, rows.extent(2), 3});
+    for (const EntryPoints& entry : entry_points()) {
+      SCOPED_TRACE(entry.name);
+      entry.softmax(rows, k, v, standard, {});
+      entry.diff(rows, rows, k, k, v, lambda, diff, {});
+      for (index_t c = 0; c < 3; ++c) {
+        double mean = 0;
+        for (index_t j = 0; j < 70; ++j) mean += v(0, 0, j, c) / 70.0;
+        for (index_t h = 0; h < 2; ++h) {
+          for (index_t i = 0; i < rows.extent(2); ++i) {
+            EXPECT_NEAR(standard(0, h, i, c), mean, 1e-6);
+            EXPECT_NEAR(diff(0, h, i, c), 0.75 * mean, 1e-6);
+          }
+        }
+      }
+    }
+  }
+}
+
 // Until the fused kernels land the public kernels are the reference; this test pins the
 // contract they must keep: equal to the reference within k·eps, on strided inputs too.
 template <class T>

@@ -287,5 +287,65 @@ TYPED_TEST(SimdTest, ValueKernelReadsRowMajorWeights) {
   }
 }
 
+// value_tile's RowScales: o = o·keep + (P·V)·add row by row, keep applied once however
+// many chunks of value_chunk_keys keys the product takes, in both weight layouts, for
+// decoding row counts (value_few_rows) and prefill ones, widths past the by-key panel.
+TYPED_TEST(SimdTest, ValueKernelScalesRowsAndSumsChunksAfresh) {
+  using T = TypeParam;
+  using diffattn::detail::RowScales;
+  constexpr index_t lanes = diffattn::detail::micro_blocking<T>::lanes;
+  constexpr index_t by_key_panel = diffattn::detail::value_by_key_panel_bytes / sizeof(T);
+  std::mt19937_64 rng(13);
+  std::uniform_real_distribution<double> dist(-1, 1);
+  const index_t prefill_rows = 2 * diffattn::detail::micro_blocking<T>::row_align;
+  for (index_t rows : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{7}, prefill_rows}) {
+    for (index_t keys : {index_t{1}, index_t{64}, index_t{65}, index_t{200}}) {
+      for (index_t width : {lanes, by_key_panel + 2 * lanes}) {
+        for (const bool row_major : {false, true}) {
+          for (const bool keep_given : {false, true}) {
+            SCOPED_TRACE(::testing::Message() << "rows=" << rows << " keys=" << keys << " width=" << width
+                                              << " row_major=" << row_major << " keep=" << keep_given);
+            const index_t pt_stride = row_major ? 1 : rows + 1, pt_row_stride = row_major ? keys + 2 : 1;
+            std::vector<T> p(static_cast<std::size_t>(row_major ? rows * pt_row_stride : keys * pt_stride));
+            std::vector<T> v(static_cast<std::size_t>(keys * width)), o(static_cast<std::size_t>(rows * width));
+            std::vector<T> keep(static_cast<std::size_t>(rows)), add(static_cast<std::size_t>(rows));
+            for (auto* values : {&p, &v, &o, &keep, &add}) {
+              for (auto& e : *values) e = static_cast<T>(dist(rng));
+            }
+            const std::vector<T> o_before = o;
+            const RowScales<T> scales{keep_given ? keep.data() : nullptr, add.data()};
+            diffattn::detail::value_tile(p.data(), pt_stride, pt_row_stride, rows, keys, v.data(), width, width,
+                                         o.data(), width, scales);
+            for (index_t r = 0; r < rows; ++r) {
+              for (index_t d = 0; d < width; d += 7) {
+                double sum = 0, magnitude = 0;
+                for (index_t j = 0; j < keys; ++j) {
+                  const double weight = p[j * pt_stride + r * pt_row_stride];
+                  sum += weight * double(v[j * width + d]);
+                  magnitude += std::abs(weight);
+                }
+                const double kept = double(o_before[r * width + d]) * (keep_given ? double(keep[r]) : 1.0);
+                EXPECT_NEAR(o[r * width + d], kept + sum * double(add[r]),
+                            tolerance<T>(double(keys) + 4, magnitude + 1));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  // Each chunk is summed afresh: 4096 equal terms x·1 err by about one chunk's 64
+  // roundings plus one per chunk, where a single running sum erred by up to 4096/4.
+  for (const index_t rows : {index_t{1}, prefill_rows}) {
+    const index_t keys = 4096;
+    const T x = static_cast<T>(0.1234567);
+    std::vector<T> p(static_cast<std::size_t>(keys * rows), T(1)), v(static_cast<std::size_t>(keys * lanes), x);
+    std::vector<T> o(static_cast<std::size_t>(rows * lanes), T(0));
+    diffattn::detail::value_tile(p.data(), rows, 1, rows, keys, v.data(), lanes, lanes, o.data(), lanes);
+    const double exact = double(keys) * double(x);
+    EXPECT_NEAR(o[0], exact, tolerance<T>(64 + 64 + 2, exact) / 2) << "rows=" << rows;
+  }
+}
+
 }  // namespace
 }  // namespace diffattn_test

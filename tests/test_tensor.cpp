@@ -157,6 +157,36 @@ TEST(TensorViewTest, ElementCountOverflowThrowsShapeError) {
   EXPECT_THROW((TensorView<float, 2>(&value, {huge, 3}, {0, 0})), shape_error);
 }
 
+// Offsets Σ (extent − 1)·stride past what std::ptrdiff_t holds (strides of 2^62 over a
+// small buffer) were accepted, and validation's address arithmetic overflowed.
+TEST(TensorViewTest, OffsetOverflowThrowsShapeError) {
+  float buffer[8] = {};
+  const index_t huge = index_t{1} << 62;
+  const std::string message =
+      shape_error_message([&] { (void)TensorView<const float, 4>(buffer, {1, 1, 3, 2}, {0, 0, huge, 1}); });
+  EXPECT_TRUE(contains(message, "dimension 2")) << message;
+  EXPECT_THROW((TensorView<float, 2>(buffer, {2, 2}, {huge, huge})), shape_error);
+  // In elements it fits; in bytes it does not.
+  EXPECT_THROW((TensorView<float, 1>(buffer, {3}, {index_t{1} << 61})), shape_error);
+  EXPECT_NO_THROW((TensorView<char, 1>(reinterpret_cast<char*>(buffer), {3}, {index_t{1} << 61})));
+  // Extent 1 and stride 0 never reach past the first element.
+  EXPECT_NO_THROW((TensorView<float, 2>(buffer, {1, huge}, {std::numeric_limits<index_t>::max(), 0})));
+}
+
+// Transforms whose stride arithmetic overflowed although the result was a fine view: a
+// huge slice step, and a split whose outer extent is 1 (stride·inner).
+TEST(TensorViewTest, TransformsOfWideStridesDoNotOverflow) {
+  char buffer[4] = {};
+  const index_t step = index_t{1} << 31;
+  const TensorView<char, 1> wide(buffer, {index_t{1} << 32}, {step});
+  const auto split = wide.split(0, 1, index_t{1} << 32);
+  EXPECT_EQ(split.extent(0), 1);
+  EXPECT_EQ(split.stride(1), step);
+  const auto one = wide.slice(0, 0, 2, std::numeric_limits<index_t>::max());
+  EXPECT_EQ(one.extent(0), 1);
+  EXPECT_EQ(one.data(), buffer);
+}
+
 TEST(TensorViewTest, EmptyViewsWithNullDataAreFine) {
   const TensorView<float, 2> default_view;
   EXPECT_EQ(default_view.data(), nullptr);

@@ -114,7 +114,7 @@ struct FusedPlan {
   // differential Hkv 2; 8 A/B pairs).
   static constexpr index_t split_items = 16;
   static constexpr index_t max_split_chunks = split_items;
-  static constexpr index_t key_tiles(index_t keys) { return (keys + key_tile - 1) / key_tile; }
+  static constexpr index_t key_tiles(index_t keys) { return keys / key_tile + (keys % key_tile != 0); }
 
   index_t positions_per_tile = 1;  // query positions per tile; rows = group × positions
   index_t tiles_per_group = 0;     // ceil(Nq / positions_per_tile)
@@ -138,7 +138,7 @@ struct FusedPlan {
 /// Whether a two-pass tile of `rows_pad` rows against `keys` keys streams its workspace.
 template <class T>
 bool streams_workspace(index_t rows_pad, index_t keys) {
-  return static_cast<std::size_t>(2 * rows_pad * keys) * sizeof(T) >= FusedPlan::stream_workspace_bytes;
+  return size_bytes<T>(size_mul(2, rows_pad, keys)) >= static_cast<index_t>(FusedPlan::stream_workspace_bytes);
 }
 
 /// Padded sizes that follow from the shapes.
@@ -180,24 +180,41 @@ struct ScoreLayout {
   }
 };
 
+/// The per-row statistics of a tile, one rows_pad array each in ThreadWorkspace::stats:
+/// each map's running max m and sum l and its P·V scales (RowScales: keep, add), λ per
+/// row, and the rescale factors of the tile at hand.
+template <class T>
+struct TileStats {
+  static constexpr index_t arrays = 10;
+  T *m1, *l1, *m2, *l2, *lambda, *rescale, *keep1, *add1, *keep2, *add2;
+  TileStats(T* base, index_t rows_pad)
+      : m1(base), l1(m1 + rows_pad), m2(l1 + rows_pad), l2(m2 + rows_pad), lambda(l2 + rows_pad),
+        rescale(lambda + rows_pad), keep1(rescale + rows_pad), add1(keep1 + rows_pad), keep2(add1 + rows_pad),
+        add2(keep2 + rows_pad) {}
+};
+
 /// Per-thread scratch: packed Qᵀ, transposed scores, accumulators and row statistics.
 template <class T>
 struct ThreadWorkspace {
   ScratchArray<T> qt1, qt2, st1, st2, keys, values, acc1, acc2, stats;
   ScratchArray<T> tile_max, p_tile;  // two-pass diff only
 
-  /// Elements for a tile of `rows_pad` rows whose scores span `score_keys` keys.
+  /// Elements for a tile of `rows_pad` rows whose scores span `score_keys` keys (saturated:
+  /// see size_mul).
   static index_t elements(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
                           index_t score_keys, bool diff) {
     const index_t maps = diff ? 2 : 1;
-    const index_t two_pass = diff ? (2 * FusedPlan::key_tiles(score_keys) + FusedPlan::key_tile) * rows_pad : 0;
+    const index_t two_pass =
+        diff ? size_mul(size_add(size_mul(2, FusedPlan::key_tiles(score_keys)), FusedPlan::key_tile), rows_pad) : 0;
     // Packed K and V tiles counted whether or not the plan packs them.
-    return maps * (p.head_dim * rows_pad + score_keys * rows_pad + rows_pad * sz.dv_pad) +
-           FusedPlan::key_tile * (p.head_dim + sz.dv_pad) + 6 * rows_pad + two_pass;
+    return size_add(size_mul(maps, size_add(size_mul(p.head_dim, rows_pad), size_mul(score_keys, rows_pad),
+                                            size_mul(rows_pad, sz.dv_pad))),
+                    size_mul(FusedPlan::key_tile, size_add(p.head_dim, sz.dv_pad)),
+                    size_mul(TileStats<T>::arrays, rows_pad), two_pass);
   }
-  static std::size_t bytes(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
-                           index_t score_keys, bool diff) {
-    return static_cast<std::size_t>(elements(p, sz, rows_pad, score_keys, diff)) * sizeof(T);
+  static index_t bytes(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad, index_t score_keys,
+                       bool diff) {
+    return size_bytes<T>(elements(p, sz, rows_pad, score_keys, diff));
   }
 
   /// Scratch for tiles of `rows_pad` rows under `plan`.
@@ -210,20 +227,21 @@ struct ThreadWorkspace {
                                              : ScoreLayout::stream_row_keys<T>(plan);
     const index_t value_keys = plan.two_pass ? FusedPlan::key_tile : plan.stream_tile;
     const index_t query_tiles = plan.heads_together ? p.kv_heads : 1;
-    qt1.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad * query_tiles);
-    st1.reserve(score_keys * rows_pad * query_tiles);
-    acc1.reserve(rows_pad * sz.dv_pad);
+    const index_t depth = std::max<index_t>(p.head_dim, 1);
+    qt1.reserve(size_mul(depth, rows_pad, query_tiles));
+    st1.reserve(size_mul(score_keys, rows_pad, query_tiles));
+    acc1.reserve(size_mul(rows_pad, sz.dv_pad));
     if (diff) {
-      qt2.reserve(std::max<index_t>(p.head_dim, 1) * rows_pad * query_tiles);
-      st2.reserve(score_keys * rows_pad * query_tiles);
-      acc2.reserve(rows_pad * sz.dv_pad);
+      qt2.reserve(size_mul(depth, rows_pad, query_tiles));
+      st2.reserve(size_mul(score_keys, rows_pad, query_tiles));
+      acc2.reserve(size_mul(rows_pad, sz.dv_pad));
     }
-    if (plan.pack_keys) keys.reserve(FusedPlan::key_tile * std::max<index_t>(p.head_dim, 1));  // prefill only
-    if (plan.pack_values) values.reserve(value_keys * sz.dv_pad);
-    stats.reserve(6 * rows_pad);  // m1, l1, m2, l2, λ per row, rescale factors
+    if (plan.pack_keys) keys.reserve(size_mul(FusedPlan::key_tile, depth));  // prefill only
+    if (plan.pack_values) values.reserve(size_mul(value_keys, sz.dv_pad));
+    stats.reserve(size_mul(TileStats<T>::arrays, rows_pad));
     if (diff) {  // two-pass tiles: the max each key tile used, and one tile of P
-      tile_max.reserve(2 * FusedPlan::key_tiles(score_keys) * rows_pad);
-      p_tile.reserve(FusedPlan::key_tile * rows_pad);
+      tile_max.reserve(size_mul(2, FusedPlan::key_tiles(score_keys), rows_pad));
+      p_tile.reserve(size_mul(FusedPlan::key_tile, rows_pad));
     }
   }
 };
@@ -253,6 +271,7 @@ template <class T>
 void pack_queries(TensorView<const T, 4> q, const AttentionProblem& p, const QueryTile& tile,
                   index_t rows_pad, bool row_major, T factor, T* packed) {
   const index_t rows = p.group * tile.positions();
+  if (p.head_dim == 0) return;  // nothing to pack (and q may have no storage)
   if (row_major) {
     for (index_t r = 0; r < rows; ++r) {
       const T* src = &q(tile.batch, tile.head(p, r), tile.position(r), 0);
@@ -283,10 +302,37 @@ void pack_rows(const T* src, index_t stride, index_t count, index_t width, index
   }
 }
 
+/// K·Qᵀ of the tile's rows against keys [first, first + count) into st, laid out as
+/// `layout` says; with plan.pack_keys the K rows are first copied one after another into
+/// key_buffer. The head dimension is not 0.
+template <class T>
+void score_products(const FusedPlan& plan, TensorView<const T, 4> k, const QueryTile& tile, ScoreLayout layout,
+                    const T* q_packed, index_t first, index_t count, T* st, T* key_buffer, index_t rows) {
+  const index_t depth = k.extent(3);
+  const T* keys = &k(tile.batch, tile.kv_head, first, 0);
+  index_t key_stride = k.stride(2);
+  if (plan.pack_keys) {
+    pack_rows(keys, key_stride, count, depth, depth, key_buffer);
+    keys = key_buffer;
+    key_stride = depth;
+  }
+  const index_t rows_pad = layout.stride;  // Sᵀ only
+  if (layout.by_row) {
+    score_tile_dot(keys, key_stride, count, q_packed, rows, depth, st, index_t{1}, layout.stride);
+  } else if (plan.dot_scores) {  // fewer rows than lanes in an Sᵀ tile (two-pass): zero the padding lanes
+    using B = native_batch<T>;
+    for (index_t j = 0; j < count; ++j) {
+      for (index_t r = 0; r < rows_pad; r += micro_blocking<T>::lanes) B(T(0)).store_unaligned(st + j * rows_pad + r);
+    }
+    score_tile_dot(keys, key_stride, count, q_packed, rows, depth, st, rows_pad, index_t{1});
+  } else {
+    score_tile(keys, key_stride, count, q_packed, rows_pad, rows_pad, depth, st, rows_pad);
+  }
+}
+
 /// Scores of the tile's rows against keys [first, first + count) into st, laid out as
 /// `layout` says: K·Qᵀ, plus mask·log2 e, and −inf past each row's causal limit (and,
-/// for S, in each row's padding up to whole batches). With plan.pack_keys the K rows are
-/// first copied one after another into key_buffer.
+/// for S, in each row's padding up to whole batches).
 template <class T>
 void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T, 4> k,
                 const QueryTile& tile, ScoreLayout layout, const T* q_packed, index_t first,
@@ -294,33 +340,28 @@ void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T
   const AttentionProblem& p = a.problem;
   if (count <= 0) return;
   const index_t rows = p.group * tile.positions();
-  const T* keys = &k(tile.batch, tile.kv_head, first, 0);
-  index_t key_stride = k.stride(2);
-  if (plan.pack_keys) {
-    pack_rows(keys, key_stride, count, p.head_dim, p.head_dim, key_buffer);
-    keys = key_buffer;
-    key_stride = p.head_dim;
-  }
-  const index_t rows_pad = layout.stride;  // Sᵀ only
-  if (layout.by_row) {
-    score_tile_dot(keys, key_stride, count, q_packed, rows, p.head_dim, st, index_t{1}, layout.stride);
-  } else if (plan.dot_scores) {  // fewer rows than lanes in an Sᵀ tile (two-pass): zero the padding lanes
-    using B = native_batch<T>;
+  if (p.head_dim == 0) {  // empty dot products (and k may have no storage to point into)
+    const index_t row_slots = layout.by_row ? rows : layout.stride;  // Sᵀ zeroes its padding lanes too
     for (index_t j = 0; j < count; ++j) {
-      for (index_t r = 0; r < rows_pad; r += micro_blocking<T>::lanes) B(T(0)).store_unaligned(st + j * rows_pad + r);
+      for (index_t r = 0; r < row_slots; ++r) st[j * layout.key_stride() + r * layout.row_stride()] = T(0);
     }
-    score_tile_dot(keys, key_stride, count, q_packed, rows, p.head_dim, st, rows_pad, index_t{1});
   } else {
-    score_tile(keys, key_stride, count, q_packed, rows_pad, rows_pad, p.head_dim, st, rows_pad);
+    score_products(plan, k, tile, layout, q_packed, first, count, st, key_buffer, rows);
   }
   if (p.has_mask) {
+    // A finite mask is a finite logit. Masks of lowest() (PyTorch's finfo.min masking)
+    // overflow once in base-2 units; they keep the largest finite magnitude instead, so
+    // that a row masked so on every key averages V, as the reference (in double) does.
     const T log2e = static_cast<T>(1.4426950408889634074);
+    const T largest = std::numeric_limits<T>::max();
     const index_t at_key = layout.key_stride(), at_row = layout.row_stride();
     for (index_t r = 0; r < rows; ++r) {
       const T* mask_row = &a.mask(tile.batch, tile.head(p, r), tile.position(r), first);
       for (index_t j = 0; j < count; ++j) {
         T& score = st[j * at_key + r * at_row];
-        score = std::fma(mask_row[j], log2e, score);
+        const T logit = std::fma(mask_row[j], log2e, score);
+        const bool overflowed = std::isinf(logit) && std::isfinite(mask_row[j]) && std::isfinite(score);
+        score = overflowed ? std::copysign(largest, logit) : logit;
       }
     }
   }
@@ -350,7 +391,7 @@ void score_keys(const FusedArgs<T>& a, const FusedPlan& plan, TensorView<const T
     }
     const B limit = B::load_unaligned(visible);
     for (index_t j = fewest; j < count; ++j) {
-      T* scores = st + j * rows_pad + offset;
+      T* scores = st + j * layout.stride + offset;  // Sᵀ: rows_pad apart
       simd_hide_from(B(static_cast<T>(j)), limit, B::load_unaligned(scores)).store_unaligned(scores);
     }
   }
@@ -367,30 +408,37 @@ native_batch<T> column_max(const T* st, index_t rows_pad, index_t count, index_t
 }
 
 /// st[j][lanes] = 2^(st[j][lanes] − shift) in place for one vector of rows; returns the
-/// lane-wise sums. Two accumulators halve the add chain, in a fixed order.
+/// lane-wise sums. Two accumulators halve the add chain, in a fixed order, and each block
+/// of value_chunk_keys keys is summed afresh before it joins the total, so that no chain
+/// grows with the tile (decoding tiles hold 512 keys).
 template <class T>
 native_batch<T> exp2_columns(T* st, index_t rows_pad, index_t count, index_t offset,
                              native_batch<T> shift) {
   using B = native_batch<T>;
-  B sum0(T(0)), sum1(T(0));
-  index_t j = 0;
-  for (; j + 2 <= count; j += 2) {
-    T* p0 = st + j * rows_pad + offset;
-    T* p1 = p0 + rows_pad;
-    const B e0 = exp2_nonpositive(B::load_unaligned(p0) - shift);
-    const B e1 = exp2_nonpositive(B::load_unaligned(p1) - shift);
-    e0.store_unaligned(p0);
-    e1.store_unaligned(p1);
-    sum0 = sum0 + e0;
-    sum1 = sum1 + e1;
+  B total(T(0));
+  for (index_t block = 0; block < count; block += value_chunk_keys) {
+    const index_t end = std::min(count, block + value_chunk_keys);
+    B sum0(T(0)), sum1(T(0));
+    index_t j = block;
+    for (; j + 2 <= end; j += 2) {
+      T* p0 = st + j * rows_pad + offset;
+      T* p1 = p0 + rows_pad;
+      const B e0 = exp2_nonpositive(B::load_unaligned(p0) - shift);
+      const B e1 = exp2_nonpositive(B::load_unaligned(p1) - shift);
+      e0.store_unaligned(p0);
+      e1.store_unaligned(p1);
+      sum0 = sum0 + e0;
+      sum1 = sum1 + e1;
+    }
+    if (j < end) {
+      T* p0 = st + j * rows_pad + offset;
+      const B e0 = exp2_nonpositive(B::load_unaligned(p0) - shift);
+      e0.store_unaligned(p0);
+      sum0 = sum0 + e0;
+    }
+    total = total + (sum0 + sum1);
   }
-  if (j < count) {
-    T* p0 = st + j * rows_pad + offset;
-    const B e0 = exp2_nonpositive(B::load_unaligned(p0) - shift);
-    e0.store_unaligned(p0);
-    sum0 = sum0 + e0;
-  }
-  return sum0 + sum1;
+  return total;
 }
 
 /// Subtracting the max lane by lane; 0 where a row has seen no key (max −inf), so that
@@ -405,13 +453,18 @@ native_batch<T> safe_shift(native_batch<T> row_max) {
 #endif
 }
 
-/// Online softmax state of a tile's rows: running max m, sum l, accumulator acc.
-/// A row's sum is 0 exactly when it has seen no key (else its max term adds 1).
+/// Online softmax state of a tile's rows: running max m, sum l, and acc = the output so
+/// far, Σ 2^(s − m)·v / l, kept normalized so that it stays within max|V| (a sum over
+/// thousands of keys of values near the type's max would overflow). keep and add are the
+/// RowScales of the key tile at hand. A row's sum is 0 exactly when it has seen no key
+/// (else its max term adds 1).
 template <class T>
 struct FlashState {
   T* m;
   T* l;
   T* acc;  // [rows_pad, dv_pad]
+  T* keep;
+  T* add;
 };
 
 template <class T>
@@ -486,25 +539,24 @@ void online_softmax_rows(T* m, T* l, T* st, index_t row_stride, index_t rows, in
   }
 }
 
-/// Turns a key tile's scores into P in place, updates (m, l), and rescales the acc rows
-/// whose max grew; the padding rows past `rows` are never read, so they are left alone.
+/// Turns a key tile's scores into P = 2^(s − m) in place, updates (m, l), and sets the
+/// tile's RowScales: acc = acc·keep + (P·V)·add with keep = 2^(m_old − m)·l_old/l and
+/// add = 1/l (both 0 while a row has seen no key).
 template <class T>
 void flash_softmax_update(FlashState<T> state, T* st, ScoreLayout layout, index_t rows, index_t rows_pad,
-                          index_t count, index_t dv_pad, T* rescale) {
+                          index_t count, T* rescale) {
   using B = native_batch<T>;
+  std::copy(state.l, state.l + rows_pad, state.keep);  // l before the tile
   if (layout.by_row) {
     online_softmax_rows(state.m, state.l, st, layout.stride, rows, rows_pad, count, rescale);
   } else {
     online_softmax_tile(state.m, state.l, st, rows_pad, count, rescale);
   }
-  for (index_t r = 0; r < rows; ++r) {
-    if (rescale[r] != T(1)) {
-      T* row = state.acc + r * dv_pad;
-      const B factor(rescale[r]);
-      for (index_t d = 0; d < dv_pad; d += micro_blocking<T>::lanes) {
-        (B::load_unaligned(row + d) * factor).store_unaligned(row + d);
-      }
-    }
+  for (index_t offset = 0; offset < rows_pad; offset += micro_blocking<T>::lanes) {
+    const B l = B::load_unaligned(state.l + offset);
+    const B kept = B::load_unaligned(rescale + offset) * B::load_unaligned(state.keep + offset);
+    simd_ratio_or_zero(kept, l).store_unaligned(state.keep + offset);
+    simd_ratio_or_zero(B(T(1)), l).store_unaligned(state.add + offset);
   }
 }
 
@@ -526,22 +578,22 @@ const T* value_rows(const FusedArgs<T>& a, const FusedPlan& plan, const FusedSiz
 
 /// Keys [j0, j0 + count) through one or (diff, streaming) two online softmax states,
 /// with the tile's queries packed at qt1 (and qt2): scores into st1 (and st2), turned
-/// into P with (m, l) updated and the accumulators rescaled. key_tile_values finishes it.
+/// into P with (m, l) and the RowScales updated. key_tile_values finishes it.
 /// When k2 is k1 (the "V2" form), map 2 re-reads the K tile map 1 just brought into
 /// L1/L2, so memory sees it once.
 template <class T>
 void key_tile_scores(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile& tile, index_t rows_pad,
-                     const FusedSizes<T>& sz, ThreadWorkspace<T>& ws, const T* qt1, const T* qt2, T* st1,
+                     ThreadWorkspace<T>& ws, const T* qt1, const T* qt2, T* st1,
                      T* st2, index_t j0, index_t count, FlashState<T> first_state,
                      const FlashState<T>* second_state) {
-  T* rescale = ws.stats.data() + 5 * rows_pad;
+  T* rescale = TileStats<T>(ws.stats.data(), rows_pad).rescale;
   const ScoreLayout layout = ScoreLayout::of<T>(plan, rows_pad);
   const index_t rows = a.problem.group * tile.positions();
   score_keys(a, plan, a.k1, tile, layout, qt1, j0, count, st1, ws.keys.data());
-  flash_softmax_update(first_state, st1, layout, rows, rows_pad, count, sz.dv_pad, rescale);
+  flash_softmax_update(first_state, st1, layout, rows, rows_pad, count, rescale);
   if (second_state != nullptr) {
     score_keys(a, plan, a.k2, tile, layout, qt2, j0, count, st2, ws.keys.data());
-    flash_softmax_update(*second_state, st2, layout, rows, rows_pad, count, sz.dv_pad, rescale);
+    flash_softmax_update(*second_state, st2, layout, rows, rows_pad, count, rescale);
   }
 }
 
@@ -559,10 +611,10 @@ void key_tile_values(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTi
   index_t v_stride = 0;
   const T* v = value_rows(a, plan, sz, tile, j0, count, ws.values.data(), v_stride);
   value_tile(st1, layout.key_stride(), layout.row_stride(), value_rows_used, count, v, v_stride, sz.dv_pad,
-             first_state.acc, sz.dv_pad);
+             first_state.acc, sz.dv_pad, RowScales<T>{first_state.keep, first_state.add});
   if (second_state != nullptr) {
     value_tile(st2, layout.key_stride(), layout.row_stride(), value_rows_used, count, v, v_stride, sz.dv_pad,
-               second_state->acc, sz.dv_pad);
+               second_state->acc, sz.dv_pad, RowScales<T>{second_state->keep, second_state->add});
   }
 }
 
@@ -575,7 +627,7 @@ void flash_stream(const FusedArgs<T>& a, const FusedPlan& plan, const QueryTile&
   const index_t tile_keys = plan.stream_tile;
   for (index_t j0 = key_begin; j0 < key_end; j0 += tile_keys) {
     const index_t count = std::min(tile_keys, key_end - j0);
-    key_tile_scores(a, plan, tile, rows_pad, sz, ws, ws.qt1.data(), ws.qt2.data(), ws.st1.data(), ws.st2.data(),
+    key_tile_scores(a, plan, tile, rows_pad, ws, ws.qt1.data(), ws.qt2.data(), ws.st1.data(), ws.st2.data(),
                     j0, count, first_state, second_state);
     key_tile_values(a, plan, tile, rows_pad, sz, ws, ws.st1.data(), ws.st2.data(), j0, count, first_state,
                     second_state);
@@ -668,7 +720,7 @@ void flash_stream_heads(const FusedArgs<T>& a, const FusedPlan& plan, index_t it
         T* st1 = ws.st1.data() + h * s_size;
         T* st2 = a.diff ? ws.st2.data() + h * s_size : nullptr;
         if (pass == 0) {
-          key_tile_scores(a, plan, tile, rows_pad, sz, ws, ws.qt1.data() + h * q_size,
+          key_tile_scores(a, plan, tile, rows_pad, ws, ws.qt1.data() + h * q_size,
                           a.diff ? ws.qt2.data() + h * q_size : nullptr, st1, st2, j0, count, first,
                           a.diff ? &second : nullptr);
         } else {
@@ -680,30 +732,39 @@ void flash_stream_heads(const FusedArgs<T>& a, const FusedPlan& plan, index_t it
 }
 
 /// Merges the per-chunk states of a split tile into `merged`, in chunk order:
-/// m = max m_c, acc = Σ acc_c·2^(m_c − m), l = Σ l_c·2^(m_c − m).
+/// m = max m_c, l = Σ l_c·2^(m_c − m), acc = Σ acc_c·l_c·2^(m_c − m)/l (each acc_c is
+/// normalized by its own l_c); acc = 0 where no chunk saw a key.
 template <class T>
 void merge_chunk_states(const FlashState<T>* chunk_states, index_t chunks, index_t rows,
                         index_t dv_pad, FlashState<T> merged) {
   constexpr T minus_inf = -std::numeric_limits<T>::infinity();
+  T weights[FusedPlan::max_split_chunks];
   for (index_t r = 0; r < rows; ++r) {
     T m = minus_inf;
     for (index_t c = 0; c < chunks; ++c) m = chunk_states[c].m[r] > m ? chunk_states[c].m[r] : m;
     const T shift = m == minus_inf ? T(0) : m;
+    T l = 0;
+    for (index_t c = 0; c < chunks; ++c) {
+      weights[c] = chunk_states[c].m[r] == minus_inf ? T(0) : std::exp2(chunk_states[c].m[r] - shift);
+      l = std::fma(chunk_states[c].l[r], weights[c], l);
+      weights[c] *= chunk_states[c].l[r];
+    }
     merged.m[r] = m;
-    merged.l[r] = 0;
+    merged.l[r] = l;
     T* acc = merged.acc + r * dv_pad;
     std::fill(acc, acc + dv_pad, T(0));
+    if (l == T(0)) continue;
     for (index_t c = 0; c < chunks; ++c) {
-      const T weight = chunk_states[c].m[r] == minus_inf ? T(0) : std::exp2(chunk_states[c].m[r] - shift);
-      merged.l[r] = std::fma(chunk_states[c].l[r], weight, merged.l[r]);
+      const T weight = weights[c] / l;
       const T* part = chunk_states[c].acc + r * dv_pad;
       for (index_t d = 0; d < dv_pad; ++d) acc[d] = std::fma(part[d], weight, acc[d]);
     }
   }
 }
 
-/// Writes the tile's outputs: acc1/l1 (standard) or acc1/l1 − λ·acc2/l2 (diff,
-/// streaming). A map whose row saw no key (l = 0) contributes zero; a NaN l, NaN.
+/// Writes the tile's outputs: acc1 (standard) or acc1 − λ·acc2 (diff, streaming), the
+/// accumulators already normalized. A map whose row saw no key (l = 0) contributes zero,
+/// whatever λ is; a NaN l, NaN.
 template <class T>
 void write_flash_output(const FusedArgs<T>& a, const QueryTile& tile, index_t dv_pad,
                         FlashState<T> first, const FlashState<T>* second) {
@@ -714,25 +775,13 @@ void write_flash_output(const FusedArgs<T>& a, const QueryTile& tile, index_t dv
     T* out = &a.out(tile.batch, head, position, 0);
     const T* acc1 = first.acc + r * dv_pad;
     if (second == nullptr) {
-      const T weight = first.l[r] == T(0) ? T(0) : T(1) / first.l[r];
-      for (index_t d = 0; d < p.value_dim; ++d) out[d] = acc1[d] * weight;
+      std::copy(acc1, acc1 + p.value_dim, out);
       continue;
     }
     const T* acc2 = second->acc + r * dv_pad;
-    const T weight1 = first.l[r] == T(0) ? T(0) : T(1) / first.l[r];
-    const T weight2 = second->l[r] == T(0) ? T(0) : a.lambda(tile.batch, head, position) / second->l[r];
-    for (index_t d = 0; d < p.value_dim; ++d) out[d] = acc1[d] * weight1 - acc2[d] * weight2;
+    const T lambda = second->l[r] == T(0) ? T(0) : a.lambda(tile.batch, head, position);
+    for (index_t d = 0; d < p.value_dim; ++d) out[d] = acc1[d] - lambda * acc2[d];
   }
-}
-
-/// Per-row weight num/l (1/l, or λ/l for map 2); 0 for rows that saw no key (l = 0).
-template <class T>
-native_batch<T> row_weight(native_batch<T> num, native_batch<T> sum) {
-#if defined(DIFFATTN_NO_SIMD)
-  return sum.value == T(0) ? native_batch<T>(T(0)) : native_batch<T>(num.value / sum.value);
-#else
-  return xsimd::select(sum == native_batch<T>(T(0)), native_batch<T>(T(0)), num / sum);
-#endif
 }
 
 /// Differential attention for one tile, two-pass with one P·V product.
@@ -757,12 +806,9 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const FusedPlan& plan, const Quer
   const index_t key_end = p.key_limit(tile.last - 1);  // the last position sees the most keys
   T* st1 = ws.st1.data();
   T* st2 = ws.st2.data();
-  T* m1 = ws.stats.data();
-  T* l1 = m1 + rows_pad;
-  T* m2 = l1 + rows_pad;
-  T* l2 = m2 + rows_pad;
-  T* lambda_rows = l2 + rows_pad;
-  T* rescale = lambda_rows + rows_pad;
+  const TileStats<T> stats(ws.stats.data(), rows_pad);
+  T *m1 = stats.m1, *l1 = stats.l1, *m2 = stats.m2, *l2 = stats.l2;
+  T *lambda_rows = stats.lambda, *rescale = stats.rescale;
   T* tile_max1 = ws.tile_max.data();  // [key tiles, rows_pad]: the m each tile's e used
   T* tile_max2 = tile_max1 + FusedPlan::key_tiles(key_end) * rows_pad;
   std::fill(m1, m1 + rows_pad, minus_inf);
@@ -792,8 +838,9 @@ void diff_two_pass_tile(const FusedArgs<T>& a, const FusedPlan& plan, const Quer
   }
   // Final per-row weights, kept in (l1, l2): 1/l1 and λ/l2; m1, m2 become safe shifts.
   for (index_t offset = 0; offset < rows_pad; offset += lanes) {
-    row_weight<T>(B(T(1)), B::load_unaligned(l1 + offset)).store_unaligned(l1 + offset);
-    row_weight<T>(B::load_unaligned(lambda_rows + offset), B::load_unaligned(l2 + offset)).store_unaligned(l2 + offset);
+    simd_ratio_or_zero(B(T(1)), B::load_unaligned(l1 + offset)).store_unaligned(l1 + offset);
+    simd_ratio_or_zero(B::load_unaligned(lambda_rows + offset), B::load_unaligned(l2 + offset))
+        .store_unaligned(l2 + offset);
     safe_shift<T>(B::load_unaligned(m1 + offset)).store_unaligned(m1 + offset);
     safe_shift<T>(B::load_unaligned(m2 + offset)).store_unaligned(m2 + offset);
   }
@@ -831,8 +878,9 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   const index_t groups = p.batch * p.kv_heads;
   const index_t all_keys = std::max<index_t>(p.kv_len, 1);
   // Method decisions use the shapes and the limit only (bitwise thread independence).
-  plan.two_pass = a.diff && ThreadWorkspace<T>::bytes(p, sz, FusedSizes<T>::rows_padded(p.group),
-                                                      all_keys, true) <= workspace_limit;
+  plan.two_pass = a.diff && fits_in(ThreadWorkspace<T>::bytes(p, sz, FusedSizes<T>::rows_padded(p.group),
+                                                              all_keys, true),
+                                     workspace_limit);
   const index_t rows_wanted = p.causal && p.q_len <= FusedPlan::short_causal_len ? FusedPlan::short_causal_rows
                                                                                  : FusedPlan::target_rows;
   index_t positions = std::max<index_t>(1, rows_wanted / p.group);
@@ -848,10 +896,10 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
         FusedPlan::split_chunk_min,
         round_up((p.kv_len + chunks_wanted - 1) / chunks_wanted, FusedPlan::key_tile));
     const index_t chunks = (p.kv_len + key_chunk - 1) / key_chunk;
-    const index_t state_bytes = natural_tiles * chunks * (a.diff ? 2 : 1) *
-                                FusedSizes<T>::rows_padded(p.group * positions) *
-                                (sz.dv_pad + 2) * static_cast<index_t>(sizeof(T));
-    if (static_cast<std::size_t>(state_bytes) > workspace_limit / 2) return false;
+    const index_t state_bytes =
+        size_bytes<T>(size_mul(natural_tiles, chunks, a.diff ? 2 : 1, FusedSizes<T>::rows_padded(p.group * positions),
+                               size_add(sz.dv_pad, 4)));
+    if (!fits_in(state_bytes, workspace_limit / 2)) return false;
     plan.key_chunk = key_chunk;
     plan.chunks = chunks;
     plan.split_keys = true;
@@ -884,14 +932,14 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   plan.pack_values = sz.pack_values || (!decoding && a.v.stride(2) != p.value_dim);
   plan.threads = resolve_threads(requested_threads, items);
   if (plan.two_pass) {
-    auto total_bytes = [&] {
-      return static_cast<std::size_t>(plan.threads) *
-             ThreadWorkspace<T>::bytes(p, sz, FusedSizes<T>::rows_padded(p.group * positions),
-                                       all_keys, true);
+    auto fits = [&] {
+      return fits_in(size_mul(plan.threads, ThreadWorkspace<T>::bytes(
+                                                p, sz, FusedSizes<T>::rows_padded(p.group * positions), all_keys, true)),
+                     workspace_limit);
     };
     // Shrink the tile, then the thread count, until every thread's workspace fits.
-    while (positions > 1 && total_bytes() > workspace_limit) positions = (positions + 1) / 2;
-    while (plan.threads > 1 && total_bytes() > workspace_limit) --plan.threads;
+    while (positions > 1 && !fits()) positions = (positions + 1) / 2;
+    while (plan.threads > 1 && !fits()) --plan.threads;
   }
   plan.positions_per_tile = positions;
   plan.stream_workspace = plan.two_pass && streams_workspace<T>(FusedSizes<T>::rows_padded(p.group * positions), all_keys);
@@ -935,11 +983,11 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   }
   for (int t = 0; t < plan.threads; ++t) workspaces[t].reserve(p, sz, plan, rows_pad, a.diff);
   ScratchArray<T>& chunk_storage = cache.chunk_storage;
-  const index_t state_size = rows_pad * (sz.dv_pad + 2);
-  if (plan.split_keys) chunk_storage.reserve(plan.tiles * plan.chunks * maps * state_size);
+  const index_t state_size = size_mul(rows_pad, size_add(sz.dv_pad, 4));
+  if (plan.split_keys) chunk_storage.reserve(size_mul(plan.tiles, plan.chunks, maps, state_size));
   auto chunk_state = [&](index_t tile, index_t chunk, index_t map) {
     T* base = chunk_storage.data() + ((tile * plan.chunks + chunk) * maps + map) * state_size;
-    return FlashState<T>{base, base + rows_pad, base + 2 * rows_pad};
+    return FlashState<T>{base, base + rows_pad, base + 4 * rows_pad, base + 2 * rows_pad, base + 3 * rows_pad};
   };
 
   const index_t items = (plan.heads_together ? plan.tiles / p.kv_heads : plan.tiles) * plan.chunks;
@@ -951,7 +999,7 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
 #endif
   {
     ThreadWorkspace<T>& ws = workspaces[static_cast<std::size_t>(current_thread())];
-    T* stats = ws.stats.data();
+    const TileStats<T> stats(ws.stats.data(), rows_pad);
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -970,8 +1018,8 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
         diff_two_pass_tile(a, plan, tile, rows_pad, sz, ws);
         continue;
       }
-      FlashState<T> first{stats, stats + rows_pad, ws.acc1.data()};
-      FlashState<T> second{stats + 2 * rows_pad, stats + 3 * rows_pad, ws.acc2.data()};
+      FlashState<T> first{stats.m1, stats.l1, ws.acc1.data(), stats.keep1, stats.add1};
+      FlashState<T> second{stats.m2, stats.l2, ws.acc2.data(), stats.keep2, stats.add2};
       if (plan.split_keys) {
         first = chunk_state(tile_index, chunk, 0);
         if (a.diff) second = chunk_state(tile_index, chunk, 1);
@@ -992,8 +1040,8 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
         const QueryTile tile = tile_at(p, plan, tile_index);
         const index_t rows = p.group * tile.positions();
         FlashState<T> parts[FusedPlan::max_split_chunks];
-        FlashState<T> merged[2] = {{stats, stats + rows_pad, ws.acc1.data()},
-                                   {stats + 2 * rows_pad, stats + 3 * rows_pad, ws.acc2.data()}};
+        FlashState<T> merged[2] = {{stats.m1, stats.l1, ws.acc1.data(), stats.keep1, stats.add1},
+                                   {stats.m2, stats.l2, ws.acc2.data(), stats.keep2, stats.add2}};
         for (index_t map = 0; map < maps; ++map) {
           for (index_t c = 0; c < plan.chunks; ++c) parts[c] = chunk_state(tile_index, c, map);
           merge_chunk_states(parts, plan.chunks, rows, sz.dv_pad, merged[map]);

@@ -2,7 +2,7 @@
 /// Register-blocked micro-kernels for the two tile products of attention, on scores
 /// stored transposed (one row per key, one column per query row):
 ///   score_tile:     Sᵀ = K·Qᵀ    (Qᵀ packed once per query tile, K read in place)
-///   value_tile:     O += Pᵀᵀ·V   (Pᵀ as scores, V read in place)
+///   value_tile:     O = O·keep + Pᵀᵀ·V·add   (Pᵀ as scores, V read in place)
 ///
 /// Keeping query rows along the SIMD lanes means K and V never need packing or
 /// transposing (their rows are read where they are, one broadcast per element), and the
@@ -274,16 +274,36 @@ void score_tile_dot(const T* k, index_t k_stride, index_t keys, const T* q, inde
   }
 }
 
-/// o[m][d] += Σ_j p(j, m)·v[j][d] for m < MR rows and d < NV·lanes, with the weight of key
-/// j for row m at pt[j·pt_stride + m·pt_row_stride].
+/// How a P·V product over a chunk of keys lands in O, row by row:
+/// o[r] = o[r]·keep[r] + (Σ_j p(j, r)·v[j])·add[r], the sum taken afresh for the chunk.
+/// A null keep or add stands for 1 (plain o += P·V).
+///
+/// Starting each chunk's sum from zero, rather than from o, keeps the rounding error of a
+/// row's output from growing with the number of keys: a chunk of at most value_chunk_keys
+/// terms, then one addition per chunk. Summing every key into o erred by up to
+/// 3.8e-5·max|V| in float at Nk = 4095 (uniform weights over identical V rows).
+template <class T>
+struct RowScales {
+  const T* keep = nullptr;
+  const T* add = nullptr;
+  RowScales from_row(index_t r) const { return {keep ? keep + r : nullptr, add ? add + r : nullptr}; }
+  T keep_at(index_t r) const { return keep ? keep[r] : T(1); }
+  T add_at(index_t r) const { return add ? add[r] : T(1); }
+};
+
+/// Keys summed into one fresh accumulator before it is added to o (see RowScales).
+inline constexpr index_t value_chunk_keys = 64;
+
+/// o[m][d] = o[m][d]·keep[m] + (Σ_j p(j, m)·v[j][d])·add[m] for m < MR rows and
+/// d < NV·lanes, with the weight of key j for row m at pt[j·pt_stride + m·pt_row_stride].
 template <class T, int MR, int NV>
 inline void value_block(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
-                        index_t v_stride, index_t keys, T* o, index_t o_stride) {
+                        index_t v_stride, index_t keys, T* o, index_t o_stride, RowScales<T> scales) {
   using B = native_batch<T>;
   constexpr index_t lanes = static_cast<index_t>(B::size);
   B acc[MR][NV];
   for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NV; ++n) acc[m][n] = B::load_unaligned(o + m * o_stride + n * lanes);
+    for (int n = 0; n < NV; ++n) acc[m][n] = B(T(0));
   for (index_t j = 0; j < keys; ++j) {
     B values[NV];
     for (int n = 0; n < NV; ++n) {
@@ -295,46 +315,73 @@ inline void value_block(const T* pt, index_t pt_stride, index_t pt_row_stride, c
       for (int n = 0; n < NV; ++n) acc[m][n] = simd_fma(weight, values[n], acc[m][n]);
     }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NV; ++n) acc[m][n].store_unaligned(o + m * o_stride + n * lanes);
+  for (int m = 0; m < MR; ++m) {
+    const B keep(scales.keep_at(m)), add(scales.add_at(m));
+    for (int n = 0; n < NV; ++n) {
+      T* out = o + m * o_stride + n * lanes;
+      const B old = B::load_unaligned(out);
+      simd_fma(acc[m][n], add, scales.keep ? old * keep : old).store_unaligned(out);
+    }
+  }
 }
 
 /// value_block over the whole width for MR rows: blocks of NV vectors, then single ones.
 template <class T, int MR, int NV>
 inline void value_row_block(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
-                            index_t v_stride, index_t keys, index_t width, T* o, index_t o_stride) {
+                            index_t v_stride, index_t keys, index_t width, T* o, index_t o_stride,
+                            RowScales<T> scales) {
   constexpr index_t lanes = micro_blocking<T>::lanes;
   index_t d = 0;
   for (; d + NV * lanes <= width; d += NV * lanes) {
-    value_block<T, MR, NV>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride);
+    value_block<T, MR, NV>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride, scales);
   }
   if constexpr (NV > micro_blocking<T>::value_vectors) {  // a lone row: keep 4+ chains
     for (; d + micro_blocking<T>::value_vectors * lanes <= width; d += micro_blocking<T>::value_vectors * lanes) {
       value_block<T, MR, micro_blocking<T>::value_vectors>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys,
-                                                           o + d, o_stride);
+                                                           o + d, o_stride, scales);
     }
   }
-  for (; d < width; d += lanes) value_block<T, MR, 1>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride);
+  for (; d < width; d += lanes) {
+    value_block<T, MR, 1>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride, scales);
+  }
 }
 
-/// o[r][d] += Σ_j p(j, r)·v[j][d] for R rows, one key at a time across the whole width,
-/// the accumulators in L1 rather than registers: each V row is read once, whole and in
-/// address order. For register files of 16 (AVX2, SSE); see value_tile.
+/// Bytes of each V row that value_rows_by_key sums per pass: whole rows up to 256 floats.
+inline constexpr std::size_t value_by_key_panel_bytes = 1024;
+
+/// The value_block product for R rows, one key at a time across a panel of the width, the
+/// sums in L1 rather than registers: each V row is read once, whole (up to
+/// value_by_key_panel_bytes) and in address order. For register files of 16 (AVX2, SSE);
+/// see value_tile.
 template <class T, int R>
 void value_rows_by_key(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
-                       index_t v_stride, index_t keys, index_t width, T* o, index_t o_stride) {
+                       index_t v_stride, index_t keys, index_t width, T* o, index_t o_stride,
+                       RowScales<T> scales) {
   using B = native_batch<T>;
   constexpr index_t lanes = micro_blocking<T>::lanes;
-  for (index_t j = 0; j < keys; ++j) {
-    B weights[R];
-    for (int r = 0; r < R; ++r) weights[r] = B(pt[j * pt_stride + r * pt_row_stride]);
-    const T* row = v + j * v_stride;
-    for (index_t d = 0; d < width; d += lanes) {
-      B values = B::load_unaligned(row + d);
-      keep_in_register(values);
-      for (int r = 0; r < R; ++r) {
-        T* out = o + r * o_stride + d;
-        simd_fma(weights[r], values, B::load_unaligned(out)).store_unaligned(out);
+  constexpr index_t panel = value_by_key_panel_bytes / sizeof(T);
+  static_assert(panel % lanes == 0, "panels hold whole batches");
+  alignas(64) T sums[R][panel];
+  for (index_t d0 = 0; d0 < width; d0 += panel) {
+    const index_t span = std::min(panel, width - d0);
+    for (int r = 0; r < R; ++r) std::fill(sums[r], sums[r] + span, T(0));
+    for (index_t j = 0; j < keys; ++j) {
+      B weights[R];
+      for (int r = 0; r < R; ++r) weights[r] = B(pt[j * pt_stride + r * pt_row_stride]);
+      const T* row = v + j * v_stride + d0;
+      for (index_t d = 0; d < span; d += lanes) {
+        B values = B::load_unaligned(row + d);
+        keep_in_register(values);
+        for (int r = 0; r < R; ++r) {
+          simd_fma(weights[r], values, B::load_unaligned(sums[r] + d)).store_unaligned(sums[r] + d);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const B keep(scales.keep_at(r)), add(scales.add_at(r));
+      T* out = o + r * o_stride + d0;
+      for (index_t d = 0; d < span; d += lanes) {
+        simd_fma(B::load_unaligned(sums[r] + d), add, B::load_unaligned(out + d) * keep).store_unaligned(out + d);
       }
     }
   }
@@ -350,33 +397,77 @@ inline constexpr index_t value_few_rows_max = 4;
 /// value_rows_by_key.
 template <class T>
 void value_few_rows(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
-                    const T* v, index_t v_stride, index_t width, T* o, index_t o_stride) {
+                    const T* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales) {
   if constexpr (micro_blocking<T>::wide_file) {
     for (index_t r = 0; r < rows; r += 2) {
       const T* p_rows = pt + r * pt_row_stride;
+      T* o_rows = o + r * o_stride;
       if (rows - r >= 2) {
-        value_row_block<T, 2, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o + r * o_stride, o_stride);
+        value_row_block<T, 2, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o_rows, o_stride,
+                                 scales.from_row(r));
       } else {
-        value_row_block<T, 1, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o + r * o_stride, o_stride);
+        value_row_block<T, 1, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o_rows, o_stride,
+                                 scales.from_row(r));
       }
     }
   } else {
     switch (rows) {
-      case 1: value_rows_by_key<T, 1>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
-      case 2: value_rows_by_key<T, 2>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
-      case 3: value_rows_by_key<T, 3>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride); return;
+      case 1: value_rows_by_key<T, 1>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
+      case 2: value_rows_by_key<T, 2>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
+      case 3: value_rows_by_key<T, 3>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
       default:
         static_assert(value_few_rows_max == 4);
-        value_rows_by_key<T, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride);
+        value_rows_by_key<T, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales);
         return;
     }
   }
 }
 
-/// O [rows, width] += P [rows, keys] · V [keys, width]; width a multiple of the batch
-/// width, any number of rows. The weight of key j for row r is pt[j·pt_stride +
-/// r·pt_row_stride]: Pᵀ as the prefill tiles keep it (pt_row_stride = 1), or P as the
-/// decoding tiles do (pt_stride = 1). V rows are `v_stride` apart and read in place.
+/// value_tile for one chunk of at most value_chunk_keys keys.
+template <class T>
+void value_chunk(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
+                 const T* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales) {
+  if (rows <= value_few_rows_max) {
+    value_few_rows(pt, pt_stride, pt_row_stride, rows, keys, v, v_stride, width, o, o_stride, scales);
+    return;
+  }
+  constexpr index_t panel = value_panel_bytes / sizeof(T);
+  if (width > panel) {
+    for (index_t d = 0; d < width; d += panel) {
+      value_chunk(pt, pt_stride, pt_row_stride, rows, keys, v + d, v_stride, std::min(panel, width - d), o + d,
+                  o_stride, scales);
+    }
+    return;
+  }
+  using blocking = micro_blocking<T>;
+  constexpr int MR = blocking::value_rows, NV = blocking::value_vectors;
+  static_assert(MR == 6, "the split below assumes 6-row blocks");
+  // 6-row blocks, then 4-row ones, then lone rows, which feed fewer FMAs per broadcast.
+  // As 6 ≡ 2 (mod 4), one 6-row block fewer turns an even remainder of 2 into a multiple
+  // of 4 (32 = 4·6 + 2·4, 64 = 10·6 + 4). With 5·6 + 2 lone rows, 32-row tiles (short
+  // causal sequences) ran 2–3% slower than with 4 × 4 blocks on the Xeon.
+  index_t six_rows = rows / MR * MR;
+  if (rows % 2 == 0 && (rows - six_rows) % 4 != 0 && six_rows > 0) six_rows -= MR;
+  index_t r = 0;
+  for (; r < six_rows; r += MR) {
+    value_row_block<T, MR, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+                               o + r * o_stride, o_stride, scales.from_row(r));
+  }
+  for (; r + 4 <= rows; r += 4) {
+    value_row_block<T, 4, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+                              o + r * o_stride, o_stride, scales.from_row(r));
+  }
+  for (; r < rows; ++r) {
+    value_row_block<T, 1, 2 * NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+                                  o + r * o_stride, o_stride, scales.from_row(r));
+  }
+}
+
+/// O [rows, width] = O·keep + (P [rows, keys] · V [keys, width])·add, row by row (see
+/// RowScales; by default O += P·V), the keys summed in chunks of value_chunk_keys, each
+/// into a fresh accumulator; width a multiple of the batch width, any number of rows. The
+/// weight of key j for row r is pt[j·pt_stride + r·pt_row_stride]: Pᵀ as the prefill tiles
+/// keep it (pt_row_stride = 1), or P as the decoding tiles do (pt_stride = 1). V rows are `v_stride` apart and read in place.
 /// Rows go 6 at a time, then 4 at a time (as many 6s as leave a multiple of 4); the rest one
 /// at a time with twice the vectors, so a lone row still has 8 independent FMA chains
 /// rather than computing rows of padding.
@@ -399,44 +490,19 @@ void value_few_rows(const T* pt, index_t pt_stride, index_t pt_row_stride, index
 /// time in registers took Nk = 32768 from 20.1–22.2 to 22.9–25.9 GB/s on 2 threads and
 /// from 12.0 to 14.1–14.9 on one, and Nk = 2048 (K/V in cache, one thread) from 17–18 to
 /// 23.5–27.5; four rows in 4-vector strips were slower than pairs from memory. Each output
-/// still sums its keys in order, as before.
+/// sums its keys in order, chunk by chunk, whatever the blocking.
 template <class T>
 void value_tile(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
-                const T* v, index_t v_stride, index_t width, T* o, index_t o_stride) {
-  if (rows <= value_few_rows_max) {
-    value_few_rows(pt, pt_stride, pt_row_stride, rows, keys, v, v_stride, width, o, o_stride);
-    return;
-  }
-  constexpr index_t panel = value_panel_bytes / sizeof(T);
-  if (width > panel) {
-    for (index_t d = 0; d < width; d += panel) {
-      value_tile(pt, pt_stride, pt_row_stride, rows, keys, v + d, v_stride, std::min(panel, width - d), o + d,
-                 o_stride);
-    }
-    return;
-  }
-  using blocking = micro_blocking<T>;
-  constexpr int MR = blocking::value_rows, NV = blocking::value_vectors;
-  static_assert(MR == 6, "the split below assumes 6-row blocks");
-  // 6-row blocks, then 4-row ones, then lone rows, which feed fewer FMAs per broadcast.
-  // As 6 ≡ 2 (mod 4), one 6-row block fewer turns an even remainder of 2 into a multiple
-  // of 4 (32 = 4·6 + 2·4, 64 = 10·6 + 4). With 5·6 + 2 lone rows, 32-row tiles (short
-  // causal sequences) ran 2–3% slower than with 4 × 4 blocks on the Xeon.
-  index_t six_rows = rows / MR * MR;
-  if (rows % 2 == 0 && (rows - six_rows) % 4 != 0 && six_rows > 0) six_rows -= MR;
-  index_t r = 0;
-  for (; r < six_rows; r += MR) {
-    value_row_block<T, MR, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
-                               o + r * o_stride, o_stride);
-  }
-  for (; r + 4 <= rows; r += 4) {
-    value_row_block<T, 4, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
-                              o + r * o_stride, o_stride);
-  }
-  for (; r < rows; ++r) {
-    value_row_block<T, 1, 2 * NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
-                                  o + r * o_stride, o_stride);
-  }
+                const T* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales = {}) {
+  // At least one chunk, so that O is scaled even when there are no keys.
+  index_t j0 = 0;
+  do {
+    const index_t count = std::min(value_chunk_keys, keys - j0);
+    value_chunk(pt + j0 * pt_stride, pt_stride, pt_row_stride, rows, count, v + j0 * v_stride, v_stride, width, o,
+                o_stride, scales);
+    scales.keep = nullptr;  // later chunks add to what the first one kept
+    j0 += value_chunk_keys;
+  } while (j0 < keys);
 }
 
 }  // namespace detail

@@ -104,9 +104,12 @@ void reference_diff_attention(const char* fn, TensorView<const T, 4> q1, TensorV
     for (index_t h = 0; h < p.q_heads; ++h) {
       for (index_t i = 0; i < p.q_len; ++i) {
         reference_softmax_weights(q1, k1, mask, p, b, h, i, weights1);
-        reference_softmax_weights(q2, k2, mask, p, b, h, i, weights2);
-        const double lam = static_cast<double>(lambda(b, h, i));
-        for (std::size_t j = 0; j < weights1.size(); ++j) weights1[j] -= lam * weights2[j];
+        // A map whose row sees no key contributes zero, whatever λ is (even NaN), as
+        // attention.hpp states.
+        if (reference_softmax_weights(q2, k2, mask, p, b, h, i, weights2)) {
+          const double lam = static_cast<double>(lambda(b, h, i));
+          for (std::size_t j = 0; j < weights1.size(); ++j) weights1[j] -= lam * weights2[j];
+        }
         reference_weighted_values(weights1, v, out, p, b, h, i);
       }
     }

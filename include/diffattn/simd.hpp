@@ -89,7 +89,17 @@ scalar_batch<T> simd_hide_from(scalar_batch<T> key, scalar_batch<T> limit, scala
   return key.value < limit.value ? scores : scalar_batch<T>(-std::numeric_limits<T>::infinity());
 }
 
+/// num / den lane-wise, and 0 where den is 0 (a row that has seen no key).
+template <class T>
+scalar_batch<T> simd_ratio_or_zero(scalar_batch<T> num, scalar_batch<T> den) {
+  return den.value == T(0) ? T(0) : num.value / den.value;
+}
+
 #if !defined(DIFFATTN_NO_SIMD)
+template <class T, class A>
+xsimd::batch<T, A> simd_ratio_or_zero(const xsimd::batch<T, A>& num, const xsimd::batch<T, A>& den) {
+  return xsimd::select(den == xsimd::batch<T, A>(T(0)), xsimd::batch<T, A>(T(0)), num / den);
+}
 template <class T, class A>
 xsimd::batch<T, A> simd_fma(const xsimd::batch<T, A>& a, const xsimd::batch<T, A>& b,
                             const xsimd::batch<T, A>& c) {

@@ -48,6 +48,31 @@ index_t checked_element_count(const std::array<index_t, Rank>& shape) {
   return count;
 }
 
+/// The largest element offset Σ (extent − 1)·stride of a non-empty view; throws
+/// shape_error when it, or its size in bytes, overflows std::ptrdiff_t (such a view could
+/// not address its elements with pointer arithmetic).
+template <std::size_t Rank>
+index_t checked_max_offset(const std::array<index_t, Rank>& shape, const std::array<index_t, Rank>& strides,
+                           std::size_t element_bytes) {
+  constexpr index_t max = std::numeric_limits<index_t>::max();
+  index_t offset = 0;
+  for (std::size_t d = 0; d < Rank; ++d) {
+    if (shape[d] == 0) return 0;
+  }
+  for (std::size_t d = 0; d < Rank; ++d) {
+    const index_t steps = shape[d] - 1;
+    if (steps != 0 && strides[d] > (max - offset) / steps) {
+      throw_shape_error("TensorView dimension ", d, ": extent ", shape[d], " x stride ", strides[d],
+                        " reaches past the largest offset std::ptrdiff_t can hold");
+    }
+    offset += steps * strides[d];
+  }
+  if (offset > max / static_cast<index_t>(element_bytes)) {
+    throw_shape_error("TensorView: the largest element offset, ", offset, ", is more bytes than std::ptrdiff_t can hold");
+  }
+  return offset;
+}
+
 }  // namespace detail
 
 /// A non-owning strided view of a Rank-dimensional array, in the spirit of mdspan
@@ -69,7 +94,9 @@ class TensorView {
   /// A row-major contiguous view of `shape`.
   TensorView(T* data, shape_type shape) : TensorView(data, shape, detail::row_major_strides(shape)) {}
 
-  /// A view with explicit strides (in elements, each >= 0).
+  /// A view with explicit strides (in elements, each >= 0). Throws shape_error for a
+  /// negative extent or stride, an element count or a largest offset (in bytes) that
+  /// overflows std::ptrdiff_t, or null data with elements.
   TensorView(T* data, shape_type shape, shape_type strides)
       : data_(data), shape_(shape), strides_(strides) {
     const index_t count = detail::checked_element_count(shape_);
@@ -83,6 +110,7 @@ class TensorView {
       detail::throw_shape_error("TensorView: null data pointer for a view of ", count,
                                 " elements");
     }
+    detail::checked_max_offset(shape_, strides_, sizeof(T));
   }
 
   /// TensorView<const T, R> from TensorView<T, R>.
@@ -167,9 +195,10 @@ class TensorView {
                                 " does not fit dimension ", dim, " of extent ", shape_[dim]);
     }
     TensorView result = *this;
-    // Written so that a huge step cannot overflow.
+    // Written so that a huge step cannot overflow: with one index left, the stride is
+    // never used, and with more, stride·step·(extent − 1) stays within this view's span.
     result.shape_[dim] = end == begin ? 0 : 1 + (end - begin - 1) / step;
-    result.strides_[dim] = strides_[dim] * step;
+    result.strides_[dim] = result.shape_[dim] > 1 ? strides_[dim] * step : strides_[dim];
     if (result.shape_[dim] > 0) result.data_ = data_ + begin * strides_[dim];
     return result;
   }
@@ -214,8 +243,9 @@ class TensorView {
     std::array<index_t, Rank + 1> shape{}, strides{};
     for (std::size_t d = 0, o = 0; d < Rank; ++d) {
       if (d == dim) {
+        // With one outer index its stride is never used (and stride·inner may overflow).
         shape[o] = outer;
-        strides[o++] = strides_[d] * inner;
+        strides[o++] = outer > 1 ? strides_[d] * inner : 0;
         shape[o] = inner;
         strides[o++] = strides_[d];
       } else {

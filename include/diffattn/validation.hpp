@@ -128,13 +128,33 @@ TensorView<T, Rank> broadcast_to(const char* fn, const char* arg, TensorView<T, 
   return TensorView<T, Rank>(view.data(), shape, strides);
 }
 
-inline double resolve_scale(const char* fn, double scale, index_t head_dim) {
-  if (!std::isfinite(scale)) {
-    throw std::invalid_argument(concat("diffattn: ", fn, ": options.scale must be finite, got ",
-                                       scale));
+/// The scale a call uses: options.scale, or 1/√D for 0. It must be finite as the kernels
+/// of element type T use it, times log2 e (they work in base 2): 1e300 is finite in
+/// double but not in float.
+template <class T>
+double resolve_scale(const char* fn, double scale, index_t head_dim) {
+  if (!std::isfinite(scale) || !std::isfinite(static_cast<T>(scale * 1.4426950408889634074))) {
+    throw std::invalid_argument(concat("diffattn: ", fn, ": options.scale must be finite, and its product with ",
+                                       "log2(e) finite in the element type (largest ",
+                                       static_cast<double>(std::numeric_limits<T>::max()) / 1.4426950408889634074,
+                                       "), got ", scale));
   }
   if (scale != 0) return scale;
   return head_dim > 0 ? 1.0 / std::sqrt(static_cast<double>(head_dim)) : 1.0;
+}
+
+/// Refuses a problem whose FLOP count 2·B·Hq·Nq·Nk·(D + Dv) overflows index_t: no call
+/// of that size could finish, and the kernels' size arithmetic assumes it fits.
+inline void check_problem_size(const char* fn, const AttentionProblem& p) {
+  const index_t factors[] = {2, p.batch, p.q_heads, p.q_len, p.kv_len, p.head_dim + p.value_dim};
+  index_t size = 1;
+  for (const index_t f : factors) {
+    if (f != 0 && size > std::numeric_limits<index_t>::max() / f) {
+      throw_shape_error(fn, ": the FLOP count 2·B·Hq·Nq·Nk·(D + Dv) = 2·", p.batch, "·", p.q_heads, "·", p.q_len,
+                        "·", p.kv_len, "·(", p.head_dim, " + ", p.value_dim, ") overflows std::ptrdiff_t");
+    }
+    size *= f;
+  }
 }
 
 inline void check_threads(const char* fn, int threads) {
@@ -185,7 +205,8 @@ AttentionProblem validate_attention(const char* fn, TensorView<const T, 4> q,
   check_no_alias(fn, "out", out, "k", k);
   check_no_alias(fn, "out", out, "v", v);
 
-  p.scale = resolve_scale(fn, options.scale, p.head_dim);
+  check_problem_size(fn, p);
+  p.scale = resolve_scale<T>(fn, options.scale, p.head_dim);
   p.causal = options.causal;
   check_threads(fn, options.threads);
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <limits>
 #include <new>
 #include <utility>
 
@@ -14,6 +15,36 @@
 
 namespace diffattn {
 namespace detail {
+
+/// Size arithmetic for plans and scratch: a product or sum of non-negative sizes that would
+/// overflow index_t saturates at its largest value, which no workspace limit admits
+/// (fits_in) and no scratch array allocates (ScratchArray::reserve throws).
+inline constexpr index_t saturated_size = std::numeric_limits<index_t>::max();
+
+inline index_t size_mul(index_t a, index_t b) {
+  if (a != 0 && b > saturated_size / a) return saturated_size;
+  return a * b;
+}
+template <class... Rest>
+index_t size_mul(index_t a, index_t b, Rest... rest) {
+  return size_mul(size_mul(a, b), rest...);
+}
+inline index_t size_add(index_t a, index_t b) { return b > saturated_size - a ? saturated_size : a + b; }
+template <class... Rest>
+index_t size_add(index_t a, index_t b, Rest... rest) {
+  return size_add(size_add(a, b), rest...);
+}
+
+/// Bytes of `count` elements of T, saturated.
+template <class T>
+index_t size_bytes(index_t count) {
+  return size_mul(count, static_cast<index_t>(sizeof(T)));
+}
+
+/// Whether `bytes` (from the size arithmetic above) fits under `limit`.
+inline bool fits_in(index_t bytes, std::size_t limit) {
+  return bytes != saturated_size && static_cast<std::size_t>(bytes) <= limit;
+}
 
 /// A 64-byte aligned array that is sized once, before the parallel region, so the
 /// kernels never allocate while they run.
@@ -34,6 +65,10 @@ class ScratchArray {
 
   void reserve(index_t count) {
     if (count <= size_) return;
+    if (count >= saturated_size / static_cast<index_t>(sizeof(T))) {
+      throw_shape_error("the scratch memory this problem needs (", count,
+                        " elements) overflows std::ptrdiff_t");
+    }
     release();
     data_ = static_cast<T*>(::operator new(static_cast<std::size_t>(count) * sizeof(T),
                                            std::align_val_t{64}));
