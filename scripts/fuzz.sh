@@ -32,15 +32,17 @@ mkdir -p "$build_dir/corpus" "$build_dir/artifacts"
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 echo "fuzz: running fuzz_safetensors for ${seconds} s"
 status=0
+# -max_len reaches headers like the 200 KB one nesting arrays 100,000 deep that once
+# overflowed the stack; the regressions seed the run with such inputs (read, not written).
 "$build_dir/tests/fuzz/fuzz_safetensors" \
   -max_total_time="$seconds" \
   -timeout=10 \
   -rss_limit_mb=2048 \
-  -max_len=4096 \
+  -max_len=262144 \
   -print_final_stats=1 \
   -dict=tests/fuzz/safetensors.dict \
   -artifact_prefix="$build_dir/artifacts/" \
-  "$build_dir/corpus" tests/fuzz/corpus || status=$?
+  "$build_dir/corpus" tests/fuzz/corpus tests/fuzz/regressions || status=$?
 
 if ((status != 0)); then
   echo "fuzz: FAILED (exit $status); the input is in $build_dir/artifacts/:" >&2

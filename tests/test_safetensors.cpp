@@ -265,6 +265,19 @@ TEST(SafeTensorsFile, SaveThenLoad) {
                {"not_a_dir", "cannot open"});
 }
 
+TEST(SafeTensorsFile, LoadOfADirectoryIsAnError) {
+  // A directory opens as a stream on Linux and reports a size of 2^63 - 1; the reader
+  // must not try to allocate that.
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() /
+      ("diffattn_test_safetensors_dir_" +
+       std::to_string(::testing::UnitTest::GetInstance()->random_seed()));
+  std::filesystem::create_directory(dir);
+  expect_error([&] { (void)SafeTensors::load(dir.string()); },
+               {dir.string(), "not a regular file", "directory"});
+  std::filesystem::remove(dir);
+}
+
 // ---------------------------------------------------------------------------------------
 // Files built byte by byte.
 
@@ -598,6 +611,93 @@ TEST(SafeTensorsErrors, NegativeNonIntegerOrHugeShape) {
   // A zero extent makes any other extent harmless.
   EXPECT_NO_THROW(SafeTensors::parse(make_file(
       "{" + entry("w", "F32", "[0,9223372036854775807,9223372036854775807]", "[0,0]") + "}")));
+}
+
+/// `depth` nested empty arrays: "[[[...]]]".
+std::string nested_arrays(std::size_t depth) {
+  return std::string(depth, '[') + std::string(depth, ']');
+}
+
+/// A JSON array of `count` ones: "[1,1,...]".
+std::string ones(std::size_t count) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < count; ++i) text += i == 0 ? "1" : ",1";
+  return text + "]";
+}
+
+TEST(SafeTensorsErrors, DeeplyNestedArraysAreRejectedWithoutRecursion) {
+  // 100,000 levels overflowed the stack of a recursive walk (an error message dumped
+  // the value); the header is ~200 KB, far under max_header_size.
+  constexpr std::size_t deep = 100'000;
+  expect_parse_error(make_file("{" + entry("w", "F32", "[1]", nested_arrays(deep)) + "}", zeros(4)),
+                     {"'w'", "\"data_offsets\"", "more than 8 deep"});
+  expect_parse_error(
+      make_file("{" + entry("w", "F32", "[" + nested_arrays(deep) + "]", "[0,4]") + "}", zeros(4)),
+      {"'w'", "\"shape\"", "more than 8 deep"});
+  expect_parse_error(make_file("{\"w\":" + nested_arrays(deep) + "}"),
+                     {"'w'", "header entry", "more than 8 deep"});
+  expect_parse_error(make_file("{\"__metadata__\":{\"k\":" + nested_arrays(deep) + "}}"),
+                     {"\"__metadata__\"", "more than 8 deep"});
+  expect_parse_error(make_file(nested_arrays(deep)), {"header is a JSON array"});
+  // The limit itself: 8 levels parse as far as the entry check, 9 do not.
+  static_assert(SafeTensors::max_header_depth == 8);
+  // (the header object, the entry, data_offsets and 5 more arrays make 8).
+  expect_parse_error(
+      make_file("{" + entry("w", "F32", "[1]", "[0," + nested_arrays(5) + "]") + "}", zeros(4)),
+      {"'w'", "\"data_offsets\" entry 1 that is a JSON array", "expected [begin, end]"});
+  expect_parse_error(
+      make_file("{" + entry("w", "F32", "[1]", "[0," + nested_arrays(6) + "]") + "}", zeros(4)),
+      {"'w'", "\"data_offsets\"", "more than 8 deep"});
+}
+
+TEST(SafeTensorsErrors, ShapeEntriesAndOffsetsAreDescribedNotDumped) {
+  // Error messages describe an ill-typed value by its type or a short preview, never by
+  // a recursive dump of untrusted JSON.
+  expect_parse_error(make_file("{" + entry("w", "F32", "[[2]]", "[0,4]") + "}", zeros(4)),
+                     {"'w'", "\"shape\" entry 0 that is a JSON array"});
+  expect_parse_error(make_file("{" + entry("w", "F32", "[{\"a\":1}]", "[0,4]") + "}", zeros(4)),
+                     {"'w'", "\"shape\" entry 0 that is a JSON object"});
+  expect_parse_error(make_file("{" + entry("w", "F32", "[1,-3]", "[0,4]") + "}", zeros(4)),
+                     {"'w'", "\"shape\" entry 1 that is -3"});
+  expect_parse_error(
+      make_file("{" + entry("w", "F32", "[\"" + std::string(1000, 'x') + "\"]", "[0,4]") + "}",
+                zeros(4)),
+      {"'w'", "\"shape\" entry 0 that is the string 'xxxx", "...'"});
+  expect_parse_error(make_file("{" + entry("w", "F32", "[1]", "[0,[4]]") + "}", zeros(4)),
+                     {"'w'", "\"data_offsets\" entry 1 that is a JSON array"});
+  expect_parse_error(make_file("{" + entry("w", "F32", "[1]", "[0,4,8]") + "}", zeros(4)),
+                     {"'w'", "\"data_offsets\" of length 3"});
+  expect_parse_error(make_file("{" + entry("w", "F32", "[1]", "{\"a\":[]}") + "}", zeros(4)),
+                     {"'w'", "\"data_offsets\" that is a JSON object"});
+}
+
+TEST(SafeTensorsErrors, RankAboveTheLimit) {
+  static_assert(SafeTensors::max_rank == 16);
+  const SafeTensors st =
+      SafeTensors::parse(make_file("{" + entry("w", "F32", ones(16), "[0,4]") + "}", zeros(4)));
+  EXPECT_EQ(st.shape("w"), std::vector<index_t>(16, 1));
+  expect_parse_error(make_file("{" + entry("w", "F32", ones(17), "[0,4]") + "}", zeros(4)),
+                     {"'w'", "\"shape\" of more than 16 entries"});
+  // No array in a valid header is longer than a shape, so none may be, wherever it is.
+  expect_parse_error(make_file("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],"
+                               "\"extra\":" +
+                                   ones(17) + "}}",
+                               zeros(4)),
+                     {"'w'", "\"extra\"", "array of more than 16 elements"});
+  expect_parse_error(make_file("{\"w\":" + ones(17) + "}"), {"'w'", "more than 16 elements"});
+  expect_parse_error(make_file("{\"__metadata__\":{\"k\":" + ones(17) + "}}"),
+                     {"\"__metadata__\"", "more than 16 elements"});
+  expect_parse_error(make_file(ones(17)), {"header is a JSON array"});
+}
+
+TEST(SafeTensorsErrors, HugeShapeIsRejectedBeforeItIsBuilt) {
+  // A million-entry shape followed by a syntax error: the rank error comes first, so the
+  // parser stopped at entry 17 instead of building the whole array (a 33-million-entry
+  // shape took 1.4 GB and 20 s before the cap).
+  const std::string huge = ones(1'000'000);
+  expect_parse_error(
+      make_file("{" + entry("w", "F32", huge.substr(0, huge.size() - 1) + ",}", "[0,4]") + "}"),
+      {"'w'", "\"shape\" of more than 16 entries"});
 }
 
 TEST(SafeTensorsErrors, ShapeTimesDtypeSizeIsNotTheByteLength) {

@@ -12,6 +12,15 @@
 /// Errors: every malformed input throws diffattn::safetensors_error naming the source
 /// (file path or the name given to parse()), the tensor and what is wrong. Parsing
 /// validates the whole header up front, so tensor() never reads outside the buffer.
+///
+/// Limits beyond the format's own, so that a crafted header costs neither the stack nor
+/// memory out of proportion: a tensor's rank is at most SafeTensors::max_rank (16), no
+/// JSON array anywhere in the header is longer than that (the format has no longer ones),
+/// and arrays and objects nest at most SafeTensors::max_header_depth (8) deep (a valid
+/// header needs 3). All three are checked while the JSON is parsed, so an oversized
+/// array stops at its 17th element instead of being built. The reference implementation
+/// ignores unknown fields in a tensor's entry; here they are ignored too, but held to
+/// the same two JSON limits.
 
 #include <algorithm>
 #include <array>
@@ -20,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -198,7 +208,7 @@ inline std::string format_shape(const std::vector<index_t>& shape) {
 }
 
 /// The header's JSON text for an error message: short, and valid UTF-8 even if cut.
-inline std::string quote_for_message(const std::string& text) {
+inline std::string quote_for_message(const std::string& text, char quote = '\'') {
   constexpr std::size_t max_length = 80;
   std::string shown = text.substr(0, max_length);
   // Never end inside a multi-byte UTF-8 sequence.
@@ -209,7 +219,19 @@ inline std::string quote_for_message(const std::string& text) {
     if (!shown.empty() && (static_cast<unsigned char>(shown.back()) & 0x80u) != 0) shown.pop_back();
     shown += "...";
   }
-  return "'" + shown + "'";
+  return quote + shown + quote;
+}
+
+/// A header value for an error message, without dumping it: nlohmann's dump() recurses
+/// into arrays and objects, and the value is untrusted, so containers are named by type
+/// and strings cut short.
+inline std::string describe_json(const nlohmann::json& value) {
+  if (value.is_array()) return "a JSON array";
+  if (value.is_object()) return "a JSON object";
+  if (value.is_string()) {
+    return "the string " + quote_for_message(value.get_ref<const std::string&>());
+  }
+  return value.dump();  // a number, boolean or null: a few characters
 }
 
 /// True if `text` survives nlohmann's dump(), i.e. is valid UTF-8.
@@ -239,8 +261,26 @@ class SafeTensors {
   /// header this big already describes millions of tensors.
   static constexpr std::uint64_t max_header_size = 100'000'000;
 
+  /// The largest tensor rank accepted: far above any real checkpoint's, and small enough
+  /// that the parser can stop an absurd "shape" array at once instead of building it.
+  static constexpr std::size_t max_rank = 16;
+
+  /// How deep JSON arrays and objects may nest in the header; a valid one needs 3. Keeps
+  /// any recursive walk of the parsed header (copy, comparison, dump) far from the stack's
+  /// end, whatever the file holds.
+  static constexpr std::size_t max_header_depth = 8;
+
   /// Reads and parses the whole file at `path`.
   static SafeTensors load(const std::string& path) {
+    // A directory opens as a stream on Linux and seeks to a "size" of 2^63 - 1, and
+    // opening a FIFO blocks; only a regular file's size is the number of bytes to read.
+    // A path that cannot be examined is left to the open below, which names the errno.
+    std::error_code status_error;
+    const std::filesystem::file_status status = std::filesystem::status(path, status_error);
+    if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+      throw safetensors_error(detail::concat("safetensors: ", path, ": not a regular file (",
+                                             describe_file_type(status.type()), ")"));
+    }
     std::ifstream file(path, std::ios::binary);
     if (!file) {
       const int error = errno;
@@ -325,6 +365,23 @@ class SafeTensors {
 
  private:
   SafeTensors() = default;
+
+  static const char* describe_file_type(std::filesystem::file_type type) noexcept {
+    switch (type) {
+      case std::filesystem::file_type::directory:
+        return "a directory";
+      case std::filesystem::file_type::fifo:
+        return "a FIFO";
+      case std::filesystem::file_type::socket:
+        return "a socket";
+      case std::filesystem::file_type::block:
+        return "a block device";
+      case std::filesystem::file_type::character:
+        return "a character device";
+      default:
+        return "of an unknown kind";
+    }
+  }
 
   template <class... Parts>
   [[noreturn]] void fail_file(const Parts&... parts) const {
@@ -485,8 +542,10 @@ class SafeTensors {
   }
 
   // nlohmann keeps one value of a duplicated key without a word, so a parser callback
-  // watches every object's keys as they are read. Also checks that the header is an
-  // object, before reporting duplicates, so that "[...]" gets the clearer message.
+  // watches every object's keys as they are read. The same callback enforces the JSON
+  // limits (max_header_depth, arrays of at most max_rank elements) and rejects an array
+  // header at its "[": nlohmann's parser is iterative and calls it at every array or
+  // object start and every scalar, so nothing deep or long is built before it throws.
   nlohmann::json parse_json(const std::uint8_t* first, const std::uint8_t* last) const {
     // nlohmann stops at a NUL byte as if the input ended there, which would let
     // anything hide after one. Valid JSON never contains a raw NUL.
@@ -497,20 +556,48 @@ class SafeTensors {
     struct Container {
       bool is_object;
       std::set<std::string> keys;
+      std::string last_key;      // objects: the key whose value is being read
+      std::size_t elements = 0;  // arrays: elements so far
     };
+    // open[0] is the header object: an array header is rejected at its start.
     std::vector<Container> open;
-    std::string top_level_key;
     std::string duplicate;
     std::string duplicate_parent;
-    auto watch_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    // `problem` reads after "has": where in the header it is comes from the open stack.
+    auto fail_limit = [&](const std::string& problem) {
+      const std::string& name = open.front().last_key;  // a tensor or "__metadata__"
+      if (name == "__metadata__") {
+        fail_file("\"__metadata__\" has ", problem, ", expected an object of strings");
+      }
+      if (open.size() >= 3 && open[1].is_object) {
+        fail(name, "has ", problem, " in its ", detail::quote_for_message(open[1].last_key, '"'));
+      }
+      fail(name, "has ", problem, " in its header entry");
+    };
+    auto count_element = [&] {
+      if (open.empty() || open.back().is_object || ++open.back().elements <= max_rank) return;
+      if (open.size() == 3 && open[1].is_object && open[1].last_key == "shape" &&
+          open[0].last_key != "__metadata__") {
+        fail(open[0].last_key, "has a \"shape\" of more than ", max_rank, " entries; ranks above ",
+             max_rank, " are not supported");
+      }
+      fail_limit(detail::concat("a JSON array of more than ", max_rank, " elements"));
+    };
+    auto watch = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
       using event_t = nlohmann::json::parse_event_t;
       switch (event) {
         case event_t::object_start:
-          open.push_back({true, {}});
+        case event_t::array_start: {
+          const bool is_object = event == event_t::object_start;
+          if (open.empty() && !is_object) fail_file("header is a JSON array, expected an object");
+          if (open.size() >= max_header_depth) {
+            fail_limit(detail::concat("JSON arrays and objects nested more than ", max_header_depth,
+                                      " deep"));
+          }
+          count_element();
+          open.push_back({is_object, {}, {}, 0});
           break;
-        case event_t::array_start:
-          open.push_back({false, {}});
-          break;
+        }
         case event_t::object_end:
         case event_t::array_end:
           if (!open.empty()) open.pop_back();
@@ -518,23 +605,22 @@ class SafeTensors {
         case event_t::key: {
           if (open.empty() || !parsed.is_string()) break;
           const std::string& key = parsed.get_ref<const std::string&>();
-          const bool top_level = open.size() == 1;
           if (!open.back().keys.insert(key).second && duplicate.empty()) {
             duplicate = key;
-            duplicate_parent = top_level ? std::string() : top_level_key;
+            duplicate_parent = open.size() == 1 ? std::string() : open.front().last_key;
           }
-          // A key of the top-level object: a tensor name or "__metadata__".
-          if (top_level) top_level_key = key;
+          open.back().last_key = key;
           break;
         }
         case event_t::value:
+          count_element();
           break;
       }
       return true;
     };
     nlohmann::json header;
     try {
-      header = nlohmann::json::parse(first, last, watch_keys);
+      header = nlohmann::json::parse(first, last, watch);
     } catch (const nlohmann::json::exception& error) {
       fail_file("header is not valid JSON: ", error.what());
     }
@@ -595,7 +681,7 @@ class SafeTensors {
     for (std::size_t d = 0; d < shape->size(); ++d) {
       const nlohmann::json& extent = (*shape)[d];
       if (!extent.is_number_unsigned()) {
-        fail(name, "has \"shape\" entry ", d, " = ", detail::quote_for_message(extent.dump()),
+        fail(name, "has \"shape\" entry ", d, " that is ", detail::describe_json(extent),
              ", expected a non-negative integer");
       }
       const std::uint64_t e = extent.get<std::uint64_t>();
@@ -621,10 +707,18 @@ class SafeTensors {
 
     const auto offsets = value.find("data_offsets");
     if (offsets == value.end()) fail(name, "has no \"data_offsets\"");
-    if (!offsets->is_array() || offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
-        !(*offsets)[1].is_number_unsigned()) {
-      fail(name, "has \"data_offsets\" ", detail::quote_for_message(offsets->dump()),
-           ", expected [begin, end] with non-negative integers");
+    constexpr const char* offsets_wanted = ", expected [begin, end] with non-negative integers";
+    if (!offsets->is_array()) {
+      fail(name, "has \"data_offsets\" that is ", detail::describe_json(*offsets), offsets_wanted);
+    }
+    if (offsets->size() != 2) {
+      fail(name, "has \"data_offsets\" of length ", offsets->size(), offsets_wanted);
+    }
+    for (std::size_t i = 0; i < 2; ++i) {
+      if (!(*offsets)[i].is_number_unsigned()) {
+        fail(name, "has \"data_offsets\" entry ", i, " that is ",
+             detail::describe_json((*offsets)[i]), offsets_wanted);
+      }
     }
     result.begin = (*offsets)[0].get<std::uint64_t>();
     result.end = (*offsets)[1].get<std::uint64_t>();
