@@ -4,7 +4,8 @@
 #   build-test/native    -O2 -march=native
 #   build-test/baseline  -O2, no -march (the compiler's default ISA, SSE2 on x86-64)
 #   build-test/sanitize  -O1 -g with AddressSanitizer and UndefinedBehaviorSanitizer
-# All with -Wall -Wextra -Wpedantic -Werror. Then 30 s of scripts/fuzz.sh (build-fuzz).
+# All with -Wall -Wextra -Wpedantic -Werror. Then 30 s of each scripts/fuzz.sh target
+# (build-fuzz).
 # Build directories are reused between runs.
 set -euo pipefail
 
@@ -57,9 +58,13 @@ run_configuration sanitize \
   -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
   -DDIFFATTN_NATIVE=OFF -DDIFFATTN_SANITIZE=ON
 
-# A short fuzz run of the safetensors reader (clang + libFuzzer); scripts/fuzz.sh runs
-# longer ones. Inputs that ever failed are replayed by ctest above.
-banner "fuzzing the safetensors reader for 30 s"
-FUZZ_JOBS=$jobs bash scripts/fuzz.sh 30
+# Short fuzz runs of the safetensors reader and of the kernels' shapes (clang +
+# libFuzzer); scripts/fuzz.sh runs longer ones. Inputs that ever failed are replayed by
+# ctest above.
+# The shape fuzzer steps around the findings not fixed yet (tests/fuzz/shape_findings/,
+# whose README gives each one's tag); drop a tag here when its fix lands.
+banner "fuzzing the safetensors reader and the kernels' shapes for 30 s each"
+DIFFATTN_SHAPE_FUZZ_KNOWN=${DIFFATTN_SHAPE_FUZZ_KNOWN-hidden_v_nonfinite,empty_view_offset,row_major_overflow,empty_count_prefix,rope_position_overflow,kv_cache_alloc_before_check} \
+  FUZZ_JOBS=$jobs bash scripts/fuzz.sh 30 all
 
 banner "all configurations passed in $((SECONDS - total_start)) s"
