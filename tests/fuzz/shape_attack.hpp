@@ -939,9 +939,11 @@ inline std::size_t decode_workspace(std::uint8_t b) {
   return b < 128 ? std::size_t{64} << 20 : table[(b - 128) % 9];
 }
 
+/// validation.hpp's rule: the kernels of element type T work in base 2, so the scale times
+/// log2(e) must be finite in T (1e300 is not, in float).
 template <class T>
 bool scale_is_finite_in(double scale) {
-  return std::isfinite(scale) && std::isfinite(static_cast<T>(scale));
+  return std::isfinite(scale) && std::isfinite(static_cast<T>(scale * 1.4426950408889634074));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1162,12 +1164,15 @@ void compare_with_reference(const AttentionCase<T>& c, const std::vector<T>& fus
               m = static_cast<double>(mv(mv.extent(0) == 1 ? 0 : b, mv.extent(1) == 1 ? 0 : h,
                                          mv.extent(2) == 1 ? 0 : i, j));
             }
+            // scale·q·k beyond ±1e30 is outside the contract even where the mask then
+            // adds −inf (in float it may overflow to inf, and inf − inf is NaN).
+            const double qk = std::fabs(scale) * absdot;
             if (m == -inf && !std::isnan(dot)) {
               masked[static_cast<std::size_t>(j)] = 1;
+              magnitude = std::max(magnitude, qk);
               continue;
             }
             sees_key = true;
-            const double qk = std::fabs(scale) * absdot;
             if (m == static_cast<double>(std::numeric_limits<T>::lowest())) {
               if (options.knows("lowest_mask")) open = true;
               magnitude = std::max(magnitude, qk);
@@ -1374,7 +1379,7 @@ AttackResult attack_attention(Bytes& in, AttentionKind kind, const AttackOptions
   if (expect.valid() && (cost < 0 || cost > kWorkLimit)) throw Skip{};
   if (std::isfinite(c.options.scale) && !scale_is_finite_in<T>(c.options.scale)) {
     if (opts.knows("float_scale")) throw Skip{};
-    expect.argument("scale is not finite in float (known: float_scale)");
+    expect.argument("scale·log2(e) is not finite in the element type (known: float_scale)");
   }
   const bool skip_fused =
       expect.valid() &&
@@ -1481,13 +1486,19 @@ AttackResult attack_kv_cache(Bytes& in, const AttackOptions& opts) {
   value_storage.shape = {batch, value_heads, capacity, value_dim};
   if (key_storage.prefix_overflow() || value_storage.prefix_overflow()) {
     expect.shape("the storage's element count overflows");
-  } else if (key_storage.count() > kBufferLimit * 4 || value_storage.count() > kBufferLimit * 4) {
-    // Valid, but more memory than a fuzz input deserves; when invalid, nothing may be
-    // allocated before the checks (the key storage is).
-    if (expect.valid() || key_storage.negative() || key_storage.count() <= kBufferLimit * 4 ||
-        opts.knows("kv_cache_alloc_before_check")) {
-      throw Skip{};
-    }
+  }
+  const index_t key_count = checked_product({batch, key_heads, capacity, key_dim});
+  const index_t value_count = checked_product({batch, value_heads, capacity, value_dim});
+  const auto too_big = [](index_t count) { return count < 0 || count > kBufferLimit * 4; };
+  if (expect.valid() && (too_big(key_count) || too_big(value_count))) {
+    throw Skip{};  // valid, but more memory than a fuzz input deserves
+  }
+  // When the call is invalid nothing should be allocated, but the key storage is built
+  // before the value extents are checked.
+  const bool keys_valid = key_count >= 0 && !key_storage.prefix_overflow();
+  if (!expect.valid() && keys_valid && too_big(key_count) &&
+      opts.knows("kv_cache_alloc_before_check")) {
+    throw Skip{};
   }
   std::unique_ptr<diffattn::KVCache<T>> cache;
   const Outcome built = invoke("KVCache", call, [&] {
@@ -1534,6 +1545,10 @@ AttackResult attack_kv_cache(Bytes& in, const AttackOptions& opts) {
       value_view = cache->values();
       round_call += "; append(cache.keys(), cache.values())";
       if (length > cache->remaining()) e.shape("no room");
+      // copy_rows walks B·heads even for no token: 2^48 heads of width 0 never end.
+      const index_t cost = checked_add(nested_cost({batch, key_heads, length, key_dim}),
+                                       nested_cost({batch, value_heads, length, value_dim}));
+      if (cost < 0 || cost > kWorkLimit) throw Skip{};
       if (!key_view.empty() || !value_view.empty()) e.shape("keys/values alias the cache");
     } else {
       const index_t n = decode_extent(in.u8());
