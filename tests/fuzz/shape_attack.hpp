@@ -103,8 +103,8 @@ template <class... Parts>
 }
 
 /// Tags of the defects DIFFATTN_SHAPE_FUZZ_KNOWN may list, each with what it steps around.
-inline const std::array<std::pair<const char*, const char*>, 13>& known_defect_tags() {
-  static const std::array<std::pair<const char*, const char*>, 13> tags = {{
+inline const std::array<std::pair<const char*, const char*>, 14>& known_defect_tags() {
+  static const std::array<std::pair<const char*, const char*>, 14> tags = {{
       {"view_overflow", "a TensorView whose largest offset overflows is accepted"},
       {"work_overflow", "B·Hq·Nq·Nk·(D+Dv) overflows int64 and the call is not rejected"},
       {"float_scale", "a scale finite in double but not in float is accepted"},
@@ -128,6 +128,9 @@ inline const std::array<std::pair<const char*, const char*>, 13>& known_defect_t
       {"kv_cache_alloc_before_check",
        "KVCache allocates the key storage before it checks the "
        "value extents (huge allocation, then invalid_argument)"},
+      {"flop_count_prefix",
+       "the FLOP-count check multiplies 2·B·Hq·Nq·Nk·(D+Dv) left to right and rejects a "
+       "call whose count is 0 (B = 2^62, Hq = 0)"},
   }};
   return tags;
 }
@@ -1365,7 +1368,14 @@ AttackResult attack_attention(Bytes& in, AttentionKind kind, const AttackOptions
   const auto& qs = c.q1.geometry.shape;
   const index_t D_ = qs[3], Nk_ = c.k1.geometry.shape[2], Dv_ = c.v.geometry.shape[3];
   const index_t width = checked_add(std::max<index_t>(D_, 0), std::max<index_t>(Dv_, 0));
-  const index_t work = width < 0 ? -1 : checked_product({qs[0], qs[1], qs[2], Nk_, width});
+  // validation.hpp: the FLOP count 2·B·Hq·Nq·Nk·(D+Dv) must fit std::ptrdiff_t.
+  const index_t work = width < 0 ? -1 : checked_product({2, qs[0], qs[1], qs[2], Nk_, width});
+  if (work >= 0 && opts.knows("flop_count_prefix")) {
+    index_t running = 2;
+    for (index_t f : {qs[0], qs[1], qs[2], Nk_, width}) {
+      if (f < 0 || __builtin_mul_overflow(running, f, &running)) throw Skip{};
+    }
+  }
   const index_t cost =
       width < 0 || width == kIndexMax || Nk_ == kIndexMax
           ? -1
@@ -1374,7 +1384,7 @@ AttackResult attack_attention(Bytes& in, AttentionKind kind, const AttackOptions
                         c.diff() ? 2 : 1);
   if (expect.valid() && work < 0) {
     if (opts.knows("work_overflow")) throw Skip{};
-    expect.shape("B·Hq·Nq·Nk·(D+Dv) overflows std::int64_t (known: work_overflow)");
+    expect.shape("2·B·Hq·Nq·Nk·(D+Dv) overflows std::int64_t (known: work_overflow)");
   }
   if (expect.valid() && (cost < 0 || cost > kWorkLimit)) throw Skip{};
   if (std::isfinite(c.options.scale) && !scale_is_finite_in<T>(c.options.scale)) {
@@ -2108,9 +2118,10 @@ AttackResult attack_block(Bytes& in, const AttackOptions& opts) {
   call += "; x " + x.describe();
   const auto& s = x.geometry.shape;
   // Projections E·(widths) per token, attention N·N·d per head: both bounded by this.
-  const index_t cost = s[1] == kIndexMax ? -1
-                                         : checked_add(nested_cost({s[0], s[1], 16 * 32}),
-                                                       nested_cost({s[0], s[1], s[1] + 1, 16 * 8}));
+  const index_t cost =
+      s[1] == kIndexMax ? -1
+                        : checked_add(nested_cost({s[0], s[1], std::max<index_t>(s[2], 16 * 32)}),
+                                      nested_cost({s[0], s[1], s[1] + 1, 16 * 8}));
   if (cost < 0 || cost > kWorkLimit) throw Skip{};
 
   if (checked_product({s[0], s[1]}) == 0 && opts.knows("empty_view_offset")) throw Skip{};
