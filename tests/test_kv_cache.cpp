@@ -129,6 +129,21 @@ TEST(KVCacheErrors, NegativeExtents) {
     EXPECT_TRUE(contains(e.what(), "capacity must be >= 0, got -1")) << e.what();
   }
   EXPECT_THROW(KVCache<double>(1, 1, 1, 1, -2, 1), std::invalid_argument);
+  // The value shape is checked before the (here 2.4 TB) key storage is allocated, which
+  // threw std::bad_alloc first (found by the shape fuzzer).
+  EXPECT_THROW(KVCache<float>(9, index_t{1} << 31, 8, 4, -(index_t{1} << 40), 7), std::invalid_argument);
+}
+
+// A cache of no sequences whose other extents multiply past std::ptrdiff_t: its storage
+// is empty, and building and appending to it must not overflow strides or offsets.
+TEST(KVCacheErrors, EmptyBatchWithHugeExtents) {
+  const index_t huge = 3037000500;  // huge² > 2^63
+  KVCache<float> cache(0, huge, huge, 1, 1, 1);
+  EXPECT_EQ(cache.keys().size(), 0);
+  Tensor<float, 4> keys({0, 1, huge, 1}), values({0, 1, 1, 1});
+  cache.append(keys.view(), values.view());
+  EXPECT_EQ(cache.length(), 1);
+  EXPECT_EQ(cache.keys().size(), 0);
 }
 
 }  // namespace

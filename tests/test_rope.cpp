@@ -192,6 +192,10 @@ TEST(RopeErrors, RejectsBadArguments) {
   }
   Tensor<float, 4> x({1, 2, 1, 4});
   EXPECT_THROW(apply_rope(x.view(), -1, RopeStyle::interleaved), std::invalid_argument);
+  // Positions offset + n past std::ptrdiff_t overflowed (found by the shape fuzzer).
+  const index_t last = std::numeric_limits<index_t>::max();
+  EXPECT_THROW(apply_rope(x.view(), last, RopeStyle::interleaved), std::invalid_argument);
+  EXPECT_NO_THROW(apply_rope(x.view(), last - 1, RopeStyle::none));  // the second token at last
   for (double theta : {0.0, -2.0, std::nan(""), static_cast<double>(INFINITY)}) {
     try {
       apply_rope(x.view(), 0, RopeStyle::interleaved, theta);

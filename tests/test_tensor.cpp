@@ -173,6 +173,23 @@ TEST(TensorViewTest, OffsetOverflowThrowsShapeError) {
   EXPECT_NO_THROW((TensorView<float, 2>(buffer, {1, huge}, {std::numeric_limits<index_t>::max(), 0})));
 }
 
+// Empty shapes whose other extents multiply past std::ptrdiff_t (found by the shape
+// fuzzer): the element count is 0 whatever comes before the 0, row-major strides do not
+// overflow, and selecting or slicing an empty view of null data offsets no pointer.
+TEST(TensorViewTest, EmptyShapesWithHugeExtents) {
+  const index_t huge = index_t{1} << 62;
+  const TensorView<float, 5> empty(nullptr, {1, huge, 2, 0, 0});
+  EXPECT_EQ(empty.size(), 0);
+  EXPECT_EQ((diffattn::detail::checked_element_count<3>({huge, huge, 0})), 0);
+  const TensorView<float, 3> wide(nullptr, {0, huge, huge});
+  EXPECT_EQ(wide.select(1, 5).data(), nullptr);
+  EXPECT_EQ(wide.slice(2, 7, 9).data(), nullptr);
+  const TensorView<float, 2> rows(nullptr, {2, 0});
+  EXPECT_EQ(rows.select(0, 1).data(), nullptr);
+  EXPECT_EQ(rows.slice(0, 1, 2).data(), nullptr);
+  EXPECT_THROW((TensorView<float, 2>(nullptr, {std::numeric_limits<index_t>::min(), 4})), shape_error);
+}
+
 // Transforms whose stride arithmetic overflowed although the result was a fine view: a
 // huge slice step, and a split whose outer extent is 1 (stride·inner).
 TEST(TensorViewTest, TransformsOfWideStridesDoNotOverflow) {

@@ -22,7 +22,8 @@
 /// - A finite mask value is a finite logit: a row masked with lowest() on every key
 ///   (PyTorch's finfo.min masking) averages V, as softmax does.
 /// - Logits are shifted by their row maximum before exp(), so logits up to ±1e30 (and
-///   +inf/−inf in the mask) do not overflow. The running output is kept normalized, so
+///   +inf/−inf in the mask) do not overflow. The kernels scale q by scale·log2 e first,
+///   so an element of q with |q|·|scale|·log2 e past the type's max may make its row NaN. The running output is kept normalized, so
 ///   finite inputs give finite outputs while 64·max|V| and (1 + |λ|)·max|V| stay below the
 ///   type's max (float: |V| up to 5e36).
 /// - NaN: a NaN or +inf logit (from q, k or the mask) makes its whole output row NaN.

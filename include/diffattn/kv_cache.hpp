@@ -36,7 +36,9 @@ class KVCache {
   /// std::invalid_argument for a negative extent.
   KVCache(index_t batch, index_t capacity, index_t key_heads, index_t key_dim, index_t value_heads,
           index_t value_dim)
-      : keys_(head_major(checked_shape({batch, capacity, key_heads, key_dim}, key_names))),
+      // Both shapes are checked before either is allocated.
+      : keys_(head_major(checked_shape({batch, capacity, key_heads, key_dim}, key_names,
+                                       checked_shape({batch, capacity, value_heads, value_dim}, value_names)))),
         values_(head_major(checked_shape({batch, capacity, value_heads, value_dim}, value_names))) {}
 
   index_t batch() const noexcept { return keys_.extent(0); }
@@ -77,14 +79,18 @@ class KVCache {
   static constexpr const char* key_names[4] = {"batch", "capacity", "key_heads", "key_dim"};
   static constexpr const char* value_names[4] = {"batch", "capacity", "value_heads", "value_dim"};
 
-  static std::array<index_t, 4> checked_shape(const std::array<index_t, 4>& shape,
-                                              const char* const* names) {
+  /// `shape` after the checks its storage's allocation would make (negative extents,
+  /// element count overflow), so that the constructor checks both shapes before it
+  /// allocates either.
+  static std::array<index_t, 4> checked_shape(const std::array<index_t, 4>& shape, const char* const* names,
+                                              const std::array<index_t, 4>& /*checked_already*/ = {}) {
     for (std::size_t d = 0; d < 4; ++d) {
       if (shape[d] < 0) {
         throw std::invalid_argument(
             detail::concat("diffattn: KVCache: ", names[d], " must be >= 0, got ", shape[d]));
       }
     }
+    detail::checked_element_count(shape);
     return shape;
   }
   /// [B, N, H, D] → the storage shape [B, H, N, D].
@@ -113,6 +119,7 @@ class KVCache {
 
   /// [B, n, H, D] into [B, n, H, D]; heads outermost, so the writes go row after row.
   static void copy_rows(TensorView<const T, 4> from, TensorView<T, 4> to) {
+    if (from.empty()) return;  // its other extents may be huge (heads of width 0)
     for (index_t b = 0; b < from.extent(0); ++b) {
       for (index_t h = 0; h < from.extent(2); ++h) {
         for (index_t n = 0; n < from.extent(1); ++n) {

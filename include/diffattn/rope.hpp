@@ -9,7 +9,9 @@
 ///   Differential Transformer reference code): (x[2i], x[2i+1]);
 /// - half (GPT-NeoX, Llama, Hugging Face's rotate_half): (x[i], x[i + d/2]).
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -34,18 +36,30 @@ constexpr const char* rope_style_name(RopeStyle style) noexcept {
 
 namespace detail {
 
-inline void check_rope_arguments(const char* fn, index_t head_dim, index_t position_offset,
+inline void check_rope_arguments(const char* fn, index_t head_dim, index_t tokens, index_t position_offset,
                                  RopeStyle style, double theta) {
   if (style != RopeStyle::none && head_dim % 2 != 0) {
     throw_shape_error(fn, ": 'x' dimension 3 (d): expected an even head width, got ", head_dim);
   }
-  if (position_offset < 0) {
-    throw std::invalid_argument(
-        concat("diffattn: ", fn, ": position_offset must be >= 0, got ", position_offset));
+  // The last token's position, position_offset + N − 1, must fit index_t too.
+  if (position_offset < 0 || (tokens > 0 && position_offset > std::numeric_limits<index_t>::max() - (tokens - 1))) {
+    throw std::invalid_argument(concat("diffattn: ", fn, ": position_offset must be >= 0 and leave room for the ",
+                                       tokens, " tokens' positions in std::ptrdiff_t, got ", position_offset));
   }
   if (!(std::isfinite(theta) && theta > 0)) {
     throw std::invalid_argument(
         concat("diffattn: ", fn, ": theta must be finite and > 0, got ", theta));
+  }
+  // Angles position·θ^(−2i/d) must be finite: a θ far below 1 (4.9e-324, say) makes the
+  // inverse frequencies, and so cos and sin, overflow to inf and NaN.
+  if (style != RopeStyle::none && head_dim >= 2 && tokens > 0) {
+    const double exponent = -2.0 * static_cast<double>(head_dim / 2 - 1) / static_cast<double>(head_dim);
+    const double largest_frequency = std::max(1.0, std::pow(theta, exponent));
+    const double last_position = static_cast<double>(position_offset) + static_cast<double>(tokens - 1);
+    if (!std::isfinite(largest_frequency * last_position)) {
+      throw std::invalid_argument(concat("diffattn: ", fn, ": theta ", theta, " at position ", last_position,
+                                         " gives a rotation angle that is not finite"));
+    }
   }
 }
 
@@ -64,7 +78,7 @@ void apply_rope(TensorView<T, 4> x, index_t position_offset, RopeStyle style,
   static_assert(!std::is_const_v<T>, "apply_rope rotates x in place");
   const index_t batch = x.extent(0), tokens = x.extent(1), heads = x.extent(2),
                 head_dim = x.extent(3);
-  detail::check_rope_arguments("apply_rope", head_dim, position_offset, style, theta);
+  detail::check_rope_arguments("apply_rope", head_dim, tokens, position_offset, style, theta);
   if (style == RopeStyle::none || x.empty()) return;
 
   // One cos/sin table [N, d/2] serves every batch row and head.

@@ -21,13 +21,23 @@ using index_t = std::ptrdiff_t;
 
 namespace detail {
 
+/// Row-major strides of `shape`. A product past index_t saturates rather than overflow:
+/// only an empty shape (or one its constructor rejects) can reach that, and an empty view
+/// never uses its strides.
 template <std::size_t Rank>
 constexpr std::array<index_t, Rank> row_major_strides(const std::array<index_t, Rank>& shape) {
+  constexpr index_t max = std::numeric_limits<index_t>::max();
   std::array<index_t, Rank> strides{};
   index_t running = 1;
   for (std::size_t d = Rank; d-- > 0;) {
     strides[d] = running;
-    running *= shape[d];
+    if (shape[d] <= 0) {
+      running = 0;
+    } else if (running > max / shape[d]) {
+      running = max;
+    } else {
+      running *= shape[d];
+    }
   }
   return strides;
 }
@@ -35,12 +45,16 @@ constexpr std::array<index_t, Rank> row_major_strides(const std::array<index_t, 
 /// Product of extents; throws if it would overflow index_t.
 template <std::size_t Rank>
 index_t checked_element_count(const std::array<index_t, Rank>& shape) {
-  index_t count = 1;
   for (std::size_t d = 0; d < Rank; ++d) {
     if (shape[d] < 0) {
       throw_shape_error("tensor dimension ", d, ": expected an extent >= 0, got ", shape[d]);
     }
-    if (shape[d] != 0 && count > std::numeric_limits<index_t>::max() / shape[d]) {
+  }
+  // Any extent 0 makes an empty shape, however large the product of the others.
+  if (std::find(shape.begin(), shape.end(), index_t{0}) != shape.end()) return 0;
+  index_t count = 1;
+  for (std::size_t d = 0; d < Rank; ++d) {
+    if (count > std::numeric_limits<index_t>::max() / shape[d]) {
       throw_shape_error("tensor shape: element count overflows std::ptrdiff_t");
     }
     count *= shape[d];
@@ -125,20 +139,28 @@ class TensorView {
   constexpr index_t extent(std::size_t dim) const noexcept { return shape_[dim]; }
   constexpr index_t stride(std::size_t dim) const noexcept { return strides_[dim]; }
 
-  /// Number of elements (product of extents).
+  /// Number of elements (product of extents). An empty view's other extents may multiply
+  /// past index_t, so a 0 anywhere is looked for first.
   constexpr index_t size() const noexcept {
+    if (empty()) return 0;
     index_t count = 1;
     for (index_t e : shape_) count *= e;
     return count;
   }
-  constexpr bool empty() const noexcept { return size() == 0; }
+  constexpr bool empty() const noexcept {
+    for (index_t e : shape_) {
+      if (e == 0) return true;
+    }
+    return false;
+  }
 
   /// True when the elements are laid out row-major with no gaps (extent-1 dimensions
   /// may have any stride).
   constexpr bool is_contiguous() const noexcept {
+    if (empty()) return true;
     index_t expected = 1;
     for (std::size_t d = Rank; d-- > 0;) {
-      if (shape_[d] != 1 && strides_[d] != expected) return empty();
+      if (shape_[d] != 1 && strides_[d] != expected) return false;
       expected *= shape_[d];
     }
     return true;
@@ -184,7 +206,8 @@ class TensorView {
       strides[o] = strides_[d];
       ++o;
     }
-    return TensorView<T, Rank - 1>(data_ + index * strides_[dim], shape, strides);
+    // An empty view may have no storage (null data) to offset into.
+    return TensorView<T, Rank - 1>(empty() ? data_ : data_ + index * strides_[dim], shape, strides);
   }
 
   /// Keeps indices begin, begin+step, ... < end of dimension `dim`.
@@ -195,11 +218,12 @@ class TensorView {
                                 " does not fit dimension ", dim, " of extent ", shape_[dim]);
     }
     TensorView result = *this;
-    // Written so that a huge step cannot overflow: with one index left, the stride is
-    // never used, and with more, stride·step·(extent − 1) stays within this view's span.
+    // Written so that a huge step cannot overflow: with one index left (or an empty
+    // view, whose strides are unbounded) the stride is never used, and with more,
+    // stride·step·(extent − 1) stays within this view's span.
     result.shape_[dim] = end == begin ? 0 : 1 + (end - begin - 1) / step;
-    result.strides_[dim] = result.shape_[dim] > 1 ? strides_[dim] * step : strides_[dim];
-    if (result.shape_[dim] > 0) result.data_ = data_ + begin * strides_[dim];
+    result.strides_[dim] = result.shape_[dim] > 1 && !empty() ? strides_[dim] * step : strides_[dim];
+    if (!result.empty()) result.data_ = data_ + begin * strides_[dim];
     return result;
   }
 
@@ -243,9 +267,10 @@ class TensorView {
     std::array<index_t, Rank + 1> shape{}, strides{};
     for (std::size_t d = 0, o = 0; d < Rank; ++d) {
       if (d == dim) {
-        // With one outer index its stride is never used (and stride·inner may overflow).
+        // With one outer index, or none at all, its stride is never used (and stride·inner
+        // may overflow: an empty view's strides are unbounded).
         shape[o] = outer;
-        strides[o++] = outer > 1 ? strides_[d] * inner : 0;
+        strides[o++] = outer > 1 && !empty() ? strides_[d] * inner : 0;
         shape[o] = inner;
         strides[o++] = strides_[d];
       } else {

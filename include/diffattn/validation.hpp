@@ -146,10 +146,16 @@ double resolve_scale(const char* fn, double scale, index_t head_dim) {
 /// Refuses a problem whose FLOP count 2·B·Hq·Nq·Nk·(D + Dv) overflows index_t: no call
 /// of that size could finish, and the kernels' size arithmetic assumes it fits.
 inline void check_problem_size(const char* fn, const AttentionProblem& p) {
-  const index_t factors[] = {2, p.batch, p.q_heads, p.q_len, p.kv_len, p.head_dim + p.value_dim};
+  constexpr index_t max = std::numeric_limits<index_t>::max();
+  // Empty views bound no extent, so even D + Dv may overflow; it saturates.
+  const index_t width = p.head_dim > max - p.value_dim ? max : p.head_dim + p.value_dim;
+  const index_t factors[] = {2, p.batch, p.q_heads, p.q_len, p.kv_len, width};
+  for (const index_t f : factors) {
+    if (f == 0) return;  // no work, however large the other extents
+  }
   index_t size = 1;
   for (const index_t f : factors) {
-    if (f != 0 && size > std::numeric_limits<index_t>::max() / f) {
+    if (size > max / f) {
       throw_shape_error(fn, ": the FLOP count 2·B·Hq·Nq·Nk·(D + Dv) = 2·", p.batch, "·", p.q_heads, "·", p.q_len,
                         "·", p.kv_len, "·(", p.head_dim, " + ", p.value_dim, ") overflows std::ptrdiff_t");
     }
