@@ -48,51 +48,47 @@ build_targets=()
 for target in $targets; do build_targets+=("diffattn_fuzz_$target"); done
 cmake --build "$build_dir" -j "${FUZZ_JOBS:-2}" --target "${build_targets[@]}"
 
-mkdir -p "$build_dir/corpus" "$build_dir/artifacts" "$build_dir/shape_corpus" "$build_dir/shape_artifacts"
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-status=0
-if [[ " $targets " == *" safetensors "* ]]; then
-echo "fuzz: running fuzz_safetensors for ${seconds} s"
-# -max_len reaches headers like the 200 KB one nesting arrays 100,000 deep that once
-# overflowed the stack; the regressions seed the run with such inputs (read, not written).
-"$build_dir/tests/fuzz/fuzz_safetensors" \
-  -max_total_time="$seconds" \
-  -timeout=10 \
-  -rss_limit_mb=2048 \
-  -max_len=262144 \
-  -print_final_stats=1 \
-  -dict=tests/fuzz/safetensors.dict \
-  -artifact_prefix="$build_dir/artifacts/" \
-  "$build_dir/corpus" tests/fuzz/corpus tests/fuzz/regressions || status=$?
 
-if ((status != 0)); then
-  echo "fuzz: FAILED (exit $status); the input is in $build_dir/artifacts/:" >&2
-  ls -l "$build_dir/artifacts/" >&2 || true
-  echo "fuzz: copy it to tests/fuzz/regressions/ so ctest replays it, then fix the reader" >&2
-  exit "$status"
-fi
-fi
-
-if [[ " $targets " == *" shapes "* ]]; then
-  echo "fuzz: running fuzz_shapes for ${seconds} s${DIFFATTN_SHAPE_FUZZ_KNOWN:+ (stepping around known: $DIFFATTN_SHAPE_FUZZ_KNOWN)}"
-  # Inputs are a few hundred bytes of decoded fields; longer ones add nothing.
-  # shellcheck disable=SC2086 # FUZZ_ARGS is a list of arguments
-  "$build_dir/tests/fuzz/fuzz_shapes" \
+# run_fuzzer NAME ARTIFACTS WHERE_TO_KEEP MAX_LEN [libFuzzer arguments and corpus folders...]
+# Runs build-fuzz/tests/fuzz/NAME for `seconds`; on a failure it says where the input is
+# and exits with the fuzzer's status. The first corpus folder is the grown one it writes.
+run_fuzzer() {
+  local name=$1 artifacts=$2 keep=$3 max_len=$4
+  shift 4
+  mkdir -p "$artifacts"
+  echo "fuzz: running $name for ${seconds} s"
+  local status=0
+  "$build_dir/tests/fuzz/$name" \
     -max_total_time="$seconds" \
     -timeout=10 \
     -rss_limit_mb=2048 \
-    -max_len=512 \
+    -max_len="$max_len" \
     -print_final_stats=1 \
-    -artifact_prefix="$build_dir/shape_artifacts/" \
-    ${FUZZ_ARGS:-} \
-    "$build_dir/shape_corpus" tests/fuzz/shape_corpus || status=$?
-
+    -artifact_prefix="$artifacts/" \
+    "$@" || status=$?
   if ((status != 0)); then
-    echo "fuzz: FAILED (exit $status); the input is in $build_dir/shape_artifacts/:" >&2
-    ls -l "$build_dir/shape_artifacts/" >&2 || true
-    echo "fuzz: copy it to tests/fuzz/shape_findings/ (named after what it hits); once fixed," \
-      "move it to tests/fuzz/shape_regressions/ so ctest replays it" >&2
+    echo "fuzz: FAILED (exit $status); the input is in $artifacts/:" >&2
+    ls -l "$artifacts/" >&2 || true
+    echo "fuzz: $keep" >&2
     exit "$status"
   fi
+}
+
+mkdir -p "$build_dir/corpus" "$build_dir/shape_corpus"
+if [[ " $targets " == *" safetensors "* ]]; then
+  # -max_len reaches headers like the 200 KB one nesting arrays 100,000 deep that once
+  # overflowed the stack; the regressions seed the run with such inputs (read, not written).
+  run_fuzzer fuzz_safetensors "$build_dir/artifacts" \
+    "copy it to tests/fuzz/regressions/ so ctest replays it, then fix the reader" 262144 \
+    -dict=tests/fuzz/safetensors.dict "$build_dir/corpus" tests/fuzz/corpus tests/fuzz/regressions
+fi
+if [[ " $targets " == *" shapes "* ]]; then
+  # Inputs are a few hundred bytes of decoded fields; longer ones add nothing.
+  [[ -n ${DIFFATTN_SHAPE_FUZZ_KNOWN:-} ]] && echo "fuzz: stepping around known: $DIFFATTN_SHAPE_FUZZ_KNOWN"
+  # shellcheck disable=SC2086 # FUZZ_ARGS is a list of arguments
+  run_fuzzer fuzz_shapes "$build_dir/shape_artifacts" \
+    "copy it to tests/fuzz/shape_findings/ (named after what it hits); once fixed, move it to tests/fuzz/shape_regressions/ so ctest replays it" \
+    512 ${FUZZ_ARGS:-} "$build_dir/shape_corpus" tests/fuzz/shape_corpus
 fi
 echo "fuzz: no failure in ${seconds} s per target ($targets)"
