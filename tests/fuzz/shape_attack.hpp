@@ -2203,49 +2203,39 @@ AttackResult attack_block(Bytes& in, const AttackOptions& opts) {
       check_cached_equals_full<T>(block, x.cview(), at, call);
     }
   };
-  Outcome built;
+  // Builds a block of type Block from `config` (the fields both configs share set here)
+  // and its own random weights, then runs it.
+  auto build_and_run = [&](auto config, auto block_type, const char* name) {
+    using Block = typename decltype(block_type)::type;
+    config.embed_dim = E;
+    config.num_heads = heads;
+    config.num_kv_heads = kv_heads;
+    config.head_dim = head_dim;
+    config.causal = causal;
+    config.rope = rope;
+    config.rope_theta = theta;
+    config.threads = threads;
+    std::unique_ptr<Block> block;
+    const Outcome built = invoke(name, call, [&] {
+      block = std::make_unique<Block>(config, diffattn::random_weights<T>(config, seed));
+    });
+    if (built.kind == Outcome::shape)
+      fail(name, ": shape_error for its own random weights: ", built.message, ": ", call);
+    if (built.kind == Outcome::ok) run(*block);
+    return built.kind;
+  };
+  Outcome::Kind built;
   if (differential) {
     diffattn::DiffAttentionConfig config;
-    config.embed_dim = E;
-    config.num_heads = heads;
-    config.num_kv_heads = kv_heads;
-    config.head_dim = head_dim;
     config.layer = layer;
-    config.causal = causal;
-    config.rope = rope;
-    config.rope_theta = theta;
     config.lambda = lambda_mode;
-    config.threads = threads;
-    std::unique_ptr<diffattn::MultiHeadDiffAttention<T>> block;
-    built = invoke("MultiHeadDiffAttention", call, [&] {
-      block = std::make_unique<diffattn::MultiHeadDiffAttention<T>>(
-          config, diffattn::random_weights<T>(config, seed));
-    });
-    if (built.kind == Outcome::shape)
-      fail("MultiHeadDiffAttention: shape_error for its own random weights: ", built.message, ": ",
-           call);
-    if (built.kind == Outcome::ok) run(*block);
+    built = build_and_run(config, diffattn::detail::type_identity<diffattn::MultiHeadDiffAttention<T>>{},
+                          "MultiHeadDiffAttention");
   } else {
-    diffattn::AttentionConfig config;
-    config.embed_dim = E;
-    config.num_heads = heads;
-    config.num_kv_heads = kv_heads;
-    config.head_dim = head_dim;
-    config.causal = causal;
-    config.rope = rope;
-    config.rope_theta = theta;
-    config.threads = threads;
-    std::unique_ptr<diffattn::MultiHeadAttention<T>> block;
-    built = invoke("MultiHeadAttention", call, [&] {
-      block = std::make_unique<diffattn::MultiHeadAttention<T>>(
-          config, diffattn::random_weights<T>(config, seed));
-    });
-    if (built.kind == Outcome::shape)
-      fail("MultiHeadAttention: shape_error for its own random weights: ", built.message, ": ",
-           call);
-    if (built.kind == Outcome::ok) run(*block);
+    built = build_and_run(diffattn::AttentionConfig{},
+                          diffattn::detail::type_identity<diffattn::MultiHeadAttention<T>>{}, "MultiHeadAttention");
   }
-  return built.kind == Outcome::ok ? AttackResult::ran : AttackResult::rejected;
+  return built == Outcome::ok ? AttackResult::ran : AttackResult::rejected;
 }
 
 // ---------------------------------------------------------------------------------------
