@@ -14,6 +14,7 @@ packages=(
   nlohmann-json3-dev
   clang              # scripts/fuzz.sh: clang++ with libFuzzer
   libclang-rt-14-dev # libclang_rt.fuzzer (only recommended by clang, so named here)
+  python3-matplotlib # scripts/plot_bench.py (ctest plot_bench_script)
 )
 
 missing=()
