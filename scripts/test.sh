@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
-# The whole test suite: installs missing Debian packages, then configures, builds and
-# runs ctest in three configurations, stopping at the first failure:
-#   build-test/native    -O2 -march=native
-#   build-test/baseline  -O2, no -march (the compiler's default ISA, SSE2 on x86-64)
-#   build-test/sanitize  -O1 -g with AddressSanitizer and UndefinedBehaviorSanitizer
-# All with -Wall -Wextra -Wpedantic -Werror. Then 30 s of each scripts/fuzz.sh target
-# (build-fuzz).
-# Build directories are reused between runs.
+# The test suite: installs missing Debian packages, then configures, builds and runs
+# ctest, stopping at the first failure.
+#
+#   bash scripts/test.sh         the whole suite in the native configuration:
+#                                  build-test/native    -O2 -march=native
+#   bash scripts/test.sh --all   that, then (what CI runs, .ci/run):
+#                                  build-test/baseline  -O2, no -march (the compiler's
+#                                                       default ISA, SSE2 on x86-64)
+#                                  build-test/sanitize  -O1 -g with AddressSanitizer and
+#                                                       UndefinedBehaviorSanitizer
+#                                and 30 s of each scripts/fuzz.sh target (build-fuzz).
+#
+# All with -Wall -Wextra -Wpedantic -Werror. Build directories are reused between runs.
 set -euo pipefail
+
+all=false
+case "${1-}" in
+  "") ;;
+  --all) all=true ;;
+  *)
+    echo "usage: bash scripts/test.sh [--all]" >&2
+    exit 2
+    ;;
+esac
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
@@ -49,6 +64,11 @@ total_start=$SECONDS
 run_configuration native \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
   -DDIFFATTN_NATIVE=ON -DDIFFATTN_SANITIZE=OFF
+
+if ! $all; then
+  banner "native configuration passed in $((SECONDS - total_start)) s (--all adds baseline, sanitize and fuzzing)"
+  exit 0
+fi
 
 run_configuration baseline \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
