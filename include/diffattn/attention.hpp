@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// The public attention kernels: standard softmax attention and differential attention.
 ///
 /// Shapes: q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv], out [B, Hq, Nq, Dv],

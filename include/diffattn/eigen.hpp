@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// Zero-copy bridges between 2-D TensorViews and Eigen matrices.
 
 #include <type_traits>

@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// Exceptions thrown by diffattn and the helpers that word their messages.
 
 #include <cstddef>

@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// The λ of differential attention: the layer schedule λ_init and the
 /// re-parameterisation λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init.
 

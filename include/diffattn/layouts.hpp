@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// Zero-copy views for the tensor layouts attention code meets in practice.
 
 #include "diffattn/errors.hpp"
@@ -23,7 +24,9 @@ TensorView<T, 4> bhnd_to_bnhd(TensorView<T, 4> x) {
 /// The two maps of the differential heads, each [B, H, N, d] in kernel layout.
 template <class T>
 struct HeadPairs {
+  /// The first map's heads (q1 or k1) [B, H, N, d].
   TensorView<T, 4> first;
+  /// The second map's heads (q2 or k2) [B, H, N, d].
   TensorView<T, 4> second;
 };
 

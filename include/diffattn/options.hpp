@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// AttentionOptions: the knobs shared by every attention kernel.
 
 #include <cstddef>

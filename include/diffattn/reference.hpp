@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// Reference kernels: plain loops that accumulate in double. They are the oracle the
 /// fast kernels are tested against, and are public so downstream code can test too.
 /// Slow on purpose: O(B·Hq·Nq·Nk·(D + Dv)) with no blocking, no SIMD, one thread.

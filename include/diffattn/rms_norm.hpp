@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// RMSNorm (Zhang & Sennrich, 2019): each row divided by its root mean square, then
 /// scaled channel-wise by a learned weight. The Differential Transformer normalises each
 /// head's output with it (the reference code's `subln`, eps 1e-5).

@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// Rotary position embedding (RoPE) applied in place to per-head query or key vectors.
 ///
 /// Channel pairs (x_a, x_b) of a head are rotated by the angle p·θ^(−2i/d), where p is the

@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// TensorView (non-owning, strided, mdspan-like) and Tensor (owning, 64-byte aligned).
 
 #include <algorithm>
@@ -97,9 +98,13 @@ class TensorView {
   static_assert(Rank >= 1, "TensorView needs rank >= 1");
 
  public:
+  /// The element type, const for a read-only view.
   using element_type = T;
+  /// The element type without const.
   using value_type = std::remove_cv_t<T>;
+  /// Extents or strides, one per dimension.
   using shape_type = std::array<index_t, Rank>;
+  /// Number of dimensions.
   static constexpr std::size_t rank = Rank;
 
   /// An empty view: null data, every extent 0.
@@ -133,10 +138,15 @@ class TensorView {
   constexpr TensorView(const TensorView<U, Rank>& other) noexcept  // NOLINT(implicit)
       : data_(other.data()), shape_(other.shape()), strides_(other.strides()) {}
 
+  /// Pointer to element (0, ..., 0); null for a default-constructed view.
   constexpr T* data() const noexcept { return data_; }
+  /// The extents, one per dimension.
   constexpr const shape_type& shape() const noexcept { return shape_; }
+  /// The strides in elements, one per dimension.
   constexpr const shape_type& strides() const noexcept { return strides_; }
+  /// Extent of dimension `dim` (< Rank, unchecked).
   constexpr index_t extent(std::size_t dim) const noexcept { return shape_[dim]; }
+  /// Stride of dimension `dim` in elements (< Rank, unchecked).
   constexpr index_t stride(std::size_t dim) const noexcept { return strides_[dim]; }
 
   /// Number of elements (product of extents). An empty view's other extents may multiply
@@ -147,6 +157,7 @@ class TensorView {
     for (index_t e : shape_) count *= e;
     return count;
   }
+  /// True when some extent is 0 (the view has no elements).
   constexpr bool empty() const noexcept {
     for (index_t e : shape_) {
       if (e == 0) return true;
@@ -331,57 +342,81 @@ class Tensor {
                 "Tensor holds trivially copyable elements");
 
  public:
+  /// The element type.
   using value_type = T;
+  /// Extents, one per dimension.
   using shape_type = std::array<index_t, Rank>;
+  /// Number of dimensions.
   static constexpr std::size_t rank = Rank;
+  /// Alignment of the storage in bytes.
   static constexpr std::size_t alignment = 64;
 
+  /// An empty tensor: every extent 0, no storage.
   Tensor() = default;
+  /// A tensor of `shape`, zero-filled. Throws shape_error for a negative extent or an
+  /// element count that overflows, std::bad_alloc when the storage cannot be allocated.
   explicit Tensor(const shape_type& shape)
       : shape_(shape), size_(detail::checked_element_count(shape)), data_(allocate(size_)) {
     std::fill_n(data_, size_, T{});
   }
+  /// A tensor of `shape` with every element set to `value`.
   Tensor(const shape_type& shape, const T& value) : Tensor(shape) { std::fill_n(data_, size_, value); }
 
+  /// A deep copy: new storage with the same shape and elements.
   Tensor(const Tensor& other) : shape_(other.shape_), size_(other.size_), data_(allocate(size_)) {
     if (size_ > 0) std::memcpy(data_, other.data_, static_cast<std::size_t>(size_) * sizeof(T));
   }
+  /// Takes `other`'s storage; `other` is left empty.
   Tensor(Tensor&& other) noexcept
       : shape_(std::exchange(other.shape_, shape_type{})),
         size_(std::exchange(other.size_, 0)),
         data_(std::exchange(other.data_, nullptr)) {}
+  /// Copy or move assignment (a deep copy when `other` is an lvalue).
   Tensor& operator=(Tensor other) noexcept {
     swap(other);
     return *this;
   }
   ~Tensor() { deallocate(data_); }
 
+  /// Exchanges storage and shape with `other`, without copying elements.
   void swap(Tensor& other) noexcept {
     std::swap(shape_, other.shape_);
     std::swap(size_, other.size_);
     std::swap(data_, other.data_);
   }
 
+  /// A row-major contiguous view of the whole tensor.
   TensorView<T, Rank> view() noexcept { return TensorView<T, Rank>(data_, shape_); }
+  /// A read-only row-major contiguous view of the whole tensor.
   TensorView<const T, Rank> view() const noexcept { return TensorView<const T, Rank>(data_, shape_); }
 
+  /// Converts to view(), so a Tensor can be passed where a TensorView is taken.
   operator TensorView<T, Rank>() & noexcept { return view(); }  // NOLINT(implicit)
+  /// Converts to the read-only view().
   operator TensorView<const T, Rank>() const& noexcept { return view(); }  // NOLINT(implicit)
   // A view of a temporary would dangle.
   operator TensorView<T, Rank>() && = delete;
   operator TensorView<const T, Rank>() const&& = delete;
 
+  /// Pointer to the first element (64-byte aligned); null when the tensor is empty.
   T* data() noexcept { return data_; }
+  /// Read-only pointer to the first element; null when the tensor is empty.
   const T* data() const noexcept { return data_; }
+  /// The extents, one per dimension.
   const shape_type& shape() const noexcept { return shape_; }
+  /// Extent of dimension `dim` (< Rank, unchecked).
   index_t extent(std::size_t dim) const noexcept { return shape_[dim]; }
+  /// Number of elements (product of extents).
   index_t size() const noexcept { return size_; }
+  /// True when the tensor has no elements.
   bool empty() const noexcept { return size_ == 0; }
 
+  /// Unchecked element access, one index per dimension.
   template <class... Indices>
   T& operator()(Indices... indices) noexcept {
     return view()(indices...);
   }
+  /// Unchecked read-only element access, one index per dimension.
   template <class... Indices>
   const T& operator()(Indices... indices) const noexcept {
     return view()(indices...);
