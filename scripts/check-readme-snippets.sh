@@ -7,7 +7,7 @@
 #   examples/quickstart.cpp, with its common indentation removed; the example is built
 #   and run by ctest, so the quote is code that works.
 # - Any other ```cpp block is compiled (syntax and types, -fsyntax-only) as the body of a
-#   function, after the umbrella header and the safetensors header, with $CXX (default
+#   function, after every public header (include/diffattn/*.hpp), with $CXX (default
 #   c++) and the include directories of Eigen, xsimd and nlohmann-json found under
 #   /usr/include. Blocks that declare names a reader would supply (a `block`, an `x`)
 #   must therefore declare them.
@@ -60,10 +60,9 @@ compile_block() {
   local source
   source=$(mktemp --suffix=.cpp)
   {
-    echo '#include <diffattn/diffattn.hpp>'
-    echo '#if __has_include(<diffattn/safetensors.hpp>)'
-    echo '#include <diffattn/safetensors.hpp>'
-    echo '#endif'
+    for header in "$repo_root"/include/diffattn/*.hpp; do
+      echo "#include <diffattn/${header##*/}>"
+    done
     echo 'void documented_snippet() {'
     cat
     echo '}'
