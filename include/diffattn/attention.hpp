@@ -52,10 +52,10 @@
 
 #include <type_traits>
 
-#include "diffattn/fused.hpp"
+#include "diffattn/detail/fused/run.hpp"
 #include "diffattn/options.hpp"
 #include "diffattn/tensor.hpp"
-#include "diffattn/validation.hpp"
+#include "diffattn/detail/validation.hpp"
 
 namespace diffattn {
 namespace detail {

@@ -10,7 +10,7 @@
 
 #include "diffattn/options.hpp"
 #include "diffattn/tensor.hpp"
-#include "diffattn/validation.hpp"
+#include "diffattn/detail/validation.hpp"
 
 namespace diffattn {
 namespace detail {

@@ -9,7 +9,7 @@
 
 #include "diffattn/errors.hpp"
 #include "diffattn/tensor.hpp"
-#include "diffattn/validation.hpp"
+#include "diffattn/detail/validation.hpp"
 
 namespace diffattn {
 

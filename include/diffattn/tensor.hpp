@@ -88,6 +88,28 @@ index_t checked_max_offset(const std::array<index_t, Rank>& shape, const std::ar
   return offset;
 }
 
+/// Storage alignment of Tensor and of the kernels' scratch: a cache line, and a full
+/// AVX-512 register.
+inline constexpr std::size_t storage_alignment = 64;
+
+/// Uninitialized storage for `count` elements of T, aligned to storage_alignment; null
+/// for 0. std::bad_alloc when it cannot be allocated (or its bytes overflow std::size_t).
+template <class T>
+T* allocate_aligned(index_t count) {
+  if (count == 0) return nullptr;
+  if (static_cast<std::size_t>(count) > std::numeric_limits<std::size_t>::max() / sizeof(T)) {
+    throw std::bad_alloc();
+  }
+  return static_cast<T*>(::operator new(static_cast<std::size_t>(count) * sizeof(T),
+                                        std::align_val_t{storage_alignment}));
+}
+
+/// Frees what allocate_aligned returned (null is fine).
+template <class T>
+void deallocate_aligned(T* data) noexcept {
+  if (data != nullptr) ::operator delete(data, std::align_val_t{storage_alignment});
+}
+
 }  // namespace detail
 
 /// A non-owning strided view of a Rank-dimensional array, in the spirit of mdspan
@@ -349,7 +371,7 @@ class Tensor {
   /// Number of dimensions.
   static constexpr std::size_t rank = Rank;
   /// Alignment of the storage in bytes.
-  static constexpr std::size_t alignment = 64;
+  static constexpr std::size_t alignment = detail::storage_alignment;
 
   /// An empty tensor: every extent 0, no storage.
   Tensor() = default;
@@ -423,17 +445,8 @@ class Tensor {
   }
 
  private:
-  static T* allocate(index_t count) {
-    if (count == 0) return nullptr;
-    if (static_cast<std::size_t>(count) > std::numeric_limits<std::size_t>::max() / sizeof(T)) {
-      throw std::bad_alloc();
-    }
-    return static_cast<T*>(::operator new(static_cast<std::size_t>(count) * sizeof(T),
-                                          std::align_val_t{alignment}));
-  }
-  static void deallocate(T* data) noexcept {
-    if (data != nullptr) ::operator delete(data, std::align_val_t{alignment});
-  }
+  static T* allocate(index_t count) { return detail::allocate_aligned<T>(count); }
+  static void deallocate(T* data) noexcept { detail::deallocate_aligned(data); }
 
   shape_type shape_{};
   index_t size_ = 0;

@@ -46,8 +46,8 @@ inline bool fits_in(index_t bytes, std::size_t limit) {
   return bytes != saturated_size && static_cast<std::size_t>(bytes) <= limit;
 }
 
-/// A 64-byte aligned array that is sized once, before the parallel region, so the
-/// kernels never allocate while they run.
+/// An array aligned as Tensor's storage (allocate_aligned), sized once before the
+/// parallel region so the kernels never allocate while they run, and not zero-filled.
 template <class T>
 class ScratchArray {
  public:
@@ -70,8 +70,7 @@ class ScratchArray {
                         " elements) overflows std::ptrdiff_t");
     }
     release();
-    data_ = static_cast<T*>(::operator new(static_cast<std::size_t>(count) * sizeof(T),
-                                           std::align_val_t{64}));
+    data_ = allocate_aligned<T>(count);  // Tensor's storage, not zero-filled
     size_ = count;
   }
   T* data() const noexcept { return data_; }
@@ -79,7 +78,7 @@ class ScratchArray {
 
  private:
   void release() noexcept {
-    if (data_ != nullptr) ::operator delete(data_, std::align_val_t{64});
+    deallocate_aligned(data_);
     data_ = nullptr;
     size_ = 0;
   }
