@@ -278,7 +278,7 @@ TYPED_TEST(FusedTest, DecodingTilesMatchReference) {
 
 // Decoding from K/V whose kv heads interleave token by token ([B, N, H, D] storage, and
 // the head-pair layouts built on it): every kv head streams in the same work item
-// (FusedPlan::heads_together), over chunks with a ragged last one.
+// (Method::split_heads), over chunks with a ragged last one.
 TYPED_TEST(FusedTest, DecodingInterleavedHeadsMatchesReference) {
   const Layout layouts[] = {Layout::permuted, Layout::interleaved_pairs, Layout::half_split_pairs};
   for (std::uint64_t seed = 5200; seed < 5209; ++seed) {

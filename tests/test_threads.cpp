@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "helpers.hpp"
+#include "random_weights.hpp"
 
 // Passes over every problem per thread, each in its own random order; fewer under
 // AddressSanitizer, where the kernels run about 20 times slower.
@@ -159,7 +160,7 @@ Problem block_decode_problem(const std::string& what, Config config, index_t bat
     Tensor<T, 3> token;
   };
   auto state = std::make_shared<State>();
-  const auto weights = diffattn::random_weights<T>(config, seed);
+  const auto weights = examples::random_weights<T>(config, seed);
   for (int threads : {1, 2, 0}) {
     config.threads = threads;
     state->blocks.emplace_back(config, weights);
@@ -211,7 +212,7 @@ void add_problems(std::vector<Problem>& problems) {
                                        {Kernel::diff_per_head, 1, 1, 256, 1, streamed_keys, 4, 5}, 24));
   // Decoding: Nq = 1 against Nk >= 4096 splits the keys in chunks merged in order (8 of
   // 1024 keys at 8192; 5 at 4133, the last one short); with K/V stored [B, N, H, D] one
-  // work item takes every kv head (heads_together).
+  // work item takes every kv head (Method::split_heads).
   problems.push_back(kernel_problem<T>("softmax decode split keys",
                                        {Kernel::softmax, 1, 2, 4, 1, 8192, 40, 40}, 17));
   problems.push_back(kernel_problem<T>("softmax decode split keys [B,N,H,D]",

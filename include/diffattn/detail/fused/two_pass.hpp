@@ -26,7 +26,7 @@ namespace detail {
 /// tile, then P·V. The rows × Nk workspace is written once and read once; forming P
 /// only after every key is seen is what keeps a single P·V product (two online states
 /// would need two), and few sweeps of the workspace keep it fast once it leaves L2
-/// (docs/tuning.md, "two-pass sweeps").
+/// (docs/tuning.md, "diff_two_pass_tile (exponentials against the running max)").
 template <class T>
 void diff_two_pass_tile(const TileContext<T>& c) {
   const FusedArgs<T>& a = c.args();
