@@ -8,7 +8,7 @@
 #include "diffattn/errors.hpp"
 #include "diffattn/layouts.hpp"
 #include "diffattn/tensor.hpp"
-#include "diffattn/validation.hpp"
+#include "diffattn/detail/validation.hpp"
 
 namespace diffattn {
 
@@ -21,10 +21,8 @@ namespace diffattn {
 /// The storage itself is head-major, [B, heads, capacity, width]: each head's rows lie
 /// one after another, which is how decoding reads them, from memory. In the projection
 /// layout a head's consecutive rows are heads × width apart (4 KB at 8 heads of 128
-/// floats), each row on its own page, and the hardware prefetchers do not follow:
-/// decoding Nq = 1 against Nk = 32768, d = 128, 8 query heads on a 2-core Zen 3 (AVX2),
-/// medians of 20 runs, read 8.4 GB/s from [B, N, H, D] vs 21.0 from [B, H, N, D]
-/// (Hkv = 8, 2 threads), 7.2 vs 18.3 (Hkv = 2), 3.6 vs 11.5 (Hkv = 8, 1 thread).
+/// floats), and the hardware prefetchers do not follow such a stride; decoding read the
+/// cache at less than half the bandwidth (docs/tuning.md, "KVCache (head-major storage)").
 template <class T>
 class KVCache {
  public:
