@@ -23,6 +23,7 @@
 #include <string>
 
 #include <diffattn/diffattn.hpp>
+#include <diffattn/safetensors.hpp>
 
 namespace {
 

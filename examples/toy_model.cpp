@@ -11,6 +11,8 @@
 
 #include <diffattn/diffattn.hpp>
 
+#include "random_weights.hpp"
+
 namespace {
 
 using diffattn::index_t;
@@ -120,14 +122,14 @@ int main() {
     config.layer = layer;
     config.causal = true;
     config.rope = diffattn::RopeStyle::interleaved;
-    auto weights = diffattn::random_weights<float>(config, /*seed=*/layer);
+    auto weights = examples::random_weights<float>(config, /*seed=*/layer);
     diff_parameters +=
         count_parameters(weights) + 4 * weights.lambda_q1.size() + weights.subln_weight.size();
     diff_model.layers.emplace_back(config, std::move(weights));
 
     // The standard block of the same size: 8 heads and 4 kv heads of width 8.
     const diffattn::AttentionConfig standard = config.standard();
-    auto standard_weights = diffattn::random_weights<float>(standard, /*seed=*/100 + layer);
+    auto standard_weights = examples::random_weights<float>(standard, /*seed=*/100 + layer);
     standard_parameters += count_parameters(standard_weights);
     standard_model.layers.emplace_back(standard, std::move(standard_weights));
   }

@@ -11,7 +11,10 @@
 #include <string>
 #include <vector>
 
+#include <diffattn/safetensors.hpp>
+
 #include "helpers.hpp"
+#include "random_weights.hpp"
 
 namespace {
 
@@ -284,7 +287,7 @@ TYPED_TEST(BlockPropertyTest, IncrementalEqualsFullCausalForward) {
       {
         const MultiHeadAttention<T> block(
             standard_config(8, 2 * kv_heads, true, rope),
-            diffattn::random_weights<T>(standard_config(8, 2 * kv_heads, true, rope), 1));
+            examples::random_weights<T>(standard_config(8, 2 * kv_heads, true, rope), 1));
         const Tensor<T, 3> full = block.forward(x);
         EXPECT_LE(max_abs_diff(forward_in_chunks(block, x, chunks).view(), full.view()),
                   same_math_tolerance<T>(max_abs(full.view())));
@@ -292,7 +295,7 @@ TYPED_TEST(BlockPropertyTest, IncrementalEqualsFullCausalForward) {
       for (LambdaMode mode : {LambdaMode::reference, LambdaMode::per_head, LambdaMode::v2}) {
         SCOPED_TRACE(diffattn::lambda_mode_name(mode));
         const DiffAttentionConfig config = diff_config(4, kv_heads, 2, true, rope, mode);
-        const MultiHeadDiffAttention<T> block(config, diffattn::random_weights<T>(config, 2));
+        const MultiHeadDiffAttention<T> block(config, examples::random_weights<T>(config, 2));
         const Tensor<T, 3> full = block.forward(x);
         EXPECT_LE(max_abs_diff(forward_in_chunks(block, x, chunks).view(), full.view()),
                   same_math_tolerance<T>(max_abs(full.view())));
@@ -306,7 +309,7 @@ TYPED_TEST(BlockPropertyTest, RopePositionsContinueFromTheCache) {
   std::mt19937_64 rng(42);
   const DiffAttentionConfig config =
       diff_config(2, 2, 1, true, RopeStyle::interleaved, LambdaMode::reference);
-  const MultiHeadDiffAttention<T> block(config, diffattn::random_weights<T>(config, 3));
+  const MultiHeadDiffAttention<T> block(config, examples::random_weights<T>(config, 3));
   const Tensor<T, 3> x = random_tensor<T, 3>({1, 6, kEmbed}, rng);
   const Tensor<T, 3> full = block.forward(x);
 
@@ -346,7 +349,7 @@ TYPED_TEST(BlockPropertyTest, GqaEqualsRepeatedKvHeads) {
   {
     // Standard: query head h reads kv head h / (Hq / Hkv).
     const AttentionConfig gqa = standard_config(8, 2, true, RopeStyle::half);
-    auto weights = diffattn::random_weights<T>(gqa, 4);
+    auto weights = examples::random_weights<T>(gqa, 4);
     const MultiHeadAttention<T> grouped(gqa, weights);
     const index_t d = 4;
     weights.k_proj.weight = repeat_row_blocks(weights.k_proj.weight, d, 4);
@@ -362,7 +365,7 @@ TYPED_TEST(BlockPropertyTest, GqaEqualsRepeatedKvHeads) {
     // (k1, k2) of 2d key rows and 2d value rows, in V2 one key and one value head of d
     // rows each — so q1 meets k1 and q2 meets k2 (multihead_flashdiff_1.py's pairing).
     const DiffAttentionConfig gqa = diff_config(4, 2, 3, true, RopeStyle::interleaved, mode);
-    auto weights = diffattn::random_weights<T>(gqa, 5);
+    auto weights = examples::random_weights<T>(gqa, 5);
     const MultiHeadDiffAttention<T> grouped(gqa, weights);
     const index_t d = 4, kv_width = mode == LambdaMode::v2 ? d : 2 * d;
     weights.k_proj.weight = repeat_row_blocks(weights.k_proj.weight, kv_width, 2);
@@ -380,7 +383,7 @@ TYPED_TEST(BlockPropertyTest, PerHeadLambdaWithEqualRowsIsTheReferenceMode) {
   std::mt19937_64 rng(44);
   const DiffAttentionConfig shared =
       diff_config(2, 2, 4, false, RopeStyle::half, LambdaMode::reference);
-  const auto weights = diffattn::random_weights<T>(shared, 6);
+  const auto weights = examples::random_weights<T>(shared, 6);
   const MultiHeadDiffAttention<T> reference(shared, weights);
 
   DiffAttentionConfig per_head_config = shared;
@@ -418,7 +421,7 @@ TYPED_TEST(BlockPropertyTest, SecondMapHasNoEffectWhenLambdaIsZero) {
   const int layer = 2;
   const DiffAttentionConfig config =
       diff_config(2, 2, layer, true, RopeStyle::interleaved, LambdaMode::per_head);
-  auto weights = diffattn::random_weights<T>(config, 7);
+  auto weights = examples::random_weights<T>(config, 7);
   // λ = exp(0) − exp(s²) + λ_init = 0 for s² = ln(1 + λ_init), up to rounding of s.
   const double s = std::sqrt(std::log(1 + diffattn::lambda_init(layer)));
   const index_t d = 8;  // E / H / 2
@@ -459,7 +462,7 @@ TYPED_TEST(BlockPropertyTest, V2WithLambdaZeroIsStandardAttentionOnTheFirstMaps)
   // λ = sigmoid(−100) ≈ 4e-44 for every token and head: head i is softmax(q_{2i}·kᵀ)·v,
   // a standard block with H heads, Hkv kv heads of width d and the even q rows.
   const DiffAttentionConfig config = diff_config(4, 2, 1, true, RopeStyle::half, LambdaMode::v2);
-  auto weights = diffattn::random_weights<T>(config, 8);
+  auto weights = examples::random_weights<T>(config, 8);
   weights.lambda_proj.weight = Tensor<T, 2>({4, kEmbed});
   weights.lambda_proj.bias = Tensor<T, 1>({4}, T(-100));
   const MultiHeadDiffAttention<T> diff(config, weights);
@@ -492,7 +495,7 @@ TYPED_TEST(BlockPropertyTest, StridedInputAndThreadCountDoNotChangeTheOutput) {
   using T = TypeParam;
   std::mt19937_64 rng(47);
   DiffAttentionConfig config = diff_config(2, 1, 1, true, RopeStyle::half, LambdaMode::reference);
-  const auto weights = diffattn::random_weights<T>(config, 9);
+  const auto weights = examples::random_weights<T>(config, 9);
   const MultiHeadDiffAttention<T> block(config, weights);
   // x stored token-major [N, B, E] and seen as [B, N, E].
   const Tensor<T, 3> nbe = random_tensor<T, 3>({5, 2, kEmbed}, rng);
@@ -509,7 +512,7 @@ TYPED_TEST(BlockPropertyTest, StridedInputAndThreadCountDoNotChangeTheOutput) {
 TYPED_TEST(BlockPropertyTest, EmptyInputs) {
   using T = TypeParam;
   const DiffAttentionConfig config = diff_config(2, 2, 1, true, RopeStyle::half, LambdaMode::v2);
-  const MultiHeadDiffAttention<T> block(config, diffattn::random_weights<T>(config, 10));
+  const MultiHeadDiffAttention<T> block(config, examples::random_weights<T>(config, 10));
   const Tensor<T, 3> no_tokens({2, 0, kEmbed});
   EXPECT_EQ(block.forward(no_tokens).shape(), (std::array<index_t, 3>{2, 0, kEmbed}));
   const Tensor<T, 3> no_batch({0, 3, kEmbed});
@@ -526,7 +529,7 @@ TYPED_TEST(BlockPropertyTest, SafetensorsRoundTrip) {
   for (LambdaMode mode : {LambdaMode::reference, LambdaMode::per_head, LambdaMode::v2}) {
     SCOPED_TRACE(diffattn::lambda_mode_name(mode));
     const DiffAttentionConfig config = diff_config(2, 1, 3, true, RopeStyle::interleaved, mode);
-    auto weights = diffattn::random_weights<T>(config, 11);
+    auto weights = examples::random_weights<T>(config, 11);
     weights.q_proj.bias = random_tensor<T, 1>({32}, rng);
     const MultiHeadDiffAttention<T> block(config, weights);
 
@@ -577,9 +580,9 @@ TEST(BlockConfigs, StandardCounterpartOfADiffBlock) {
   EXPECT_EQ(standard.threads, 1);
 
   // Resolved configs report the defaults; the two blocks have the same projections.
-  const MultiHeadDiffAttention<float> diff_block(diff, diffattn::random_weights<float>(diff, 1));
+  const MultiHeadDiffAttention<float> diff_block(diff, examples::random_weights<float>(diff, 1));
   const MultiHeadAttention<float> standard_block(standard,
-                                                 diffattn::random_weights<float>(standard, 1));
+                                                 examples::random_weights<float>(standard, 1));
   EXPECT_EQ(diff_block.config().head_dim, 4);
   EXPECT_EQ(standard_block.config().head_dim, 4);
   EXPECT_EQ(diff_block.weights().q_proj.weight.shape(),
@@ -590,7 +593,7 @@ TEST(BlockConfigs, StandardCounterpartOfADiffBlock) {
             standard_block.weights().v_proj.weight.shape());
   DiffAttentionConfig defaults = diff;
   defaults.num_kv_heads = 0;
-  EXPECT_EQ(MultiHeadDiffAttention<float>(defaults, diffattn::random_weights<float>(defaults, 1))
+  EXPECT_EQ(MultiHeadDiffAttention<float>(defaults, examples::random_weights<float>(defaults, 1))
                 .config()
                 .num_kv_heads,
             4);
@@ -599,9 +602,9 @@ TEST(BlockConfigs, StandardCounterpartOfADiffBlock) {
 TEST(BlockConfigs, RandomWeightsAreDeterministic) {
   const DiffAttentionConfig config =
       diff_config(2, 2, 1, false, RopeStyle::none, LambdaMode::per_head);
-  const auto a = diffattn::random_weights<double>(config, 5);
-  const auto b = diffattn::random_weights<double>(config, 5);
-  const auto c = diffattn::random_weights<double>(config, 6);
+  const auto a = examples::random_weights<double>(config, 5);
+  const auto b = examples::random_weights<double>(config, 5);
+  const auto c = examples::random_weights<double>(config, 6);
   EXPECT_EQ(max_abs_diff(a.q_proj.weight.view(), b.q_proj.weight.view()), 0.0);
   EXPECT_EQ(max_abs_diff(a.lambda_k2.view(), b.lambda_k2.view()), 0.0);
   EXPECT_GT(max_abs_diff(a.q_proj.weight.view(), c.q_proj.weight.view()), 0.0);
@@ -665,7 +668,7 @@ TEST(BlockErrors, ConfigValues) {
 TEST(BlockErrors, WeightShapes) {
   const DiffAttentionConfig config =
       diff_config(2, 1, 1, false, RopeStyle::none, LambdaMode::reference);
-  const auto good = diffattn::random_weights<float>(config, 1);
+  const auto good = examples::random_weights<float>(config, 1);
   auto build = [&](const DiffAttentionWeights<float>& w) {
     MultiHeadDiffAttention<float>(config, w);
   };
@@ -699,7 +702,7 @@ TEST(BlockErrors, WeightShapes) {
 
   DiffAttentionConfig v2 = config;
   v2.lambda = LambdaMode::v2;
-  auto v2_weights = diffattn::random_weights<float>(v2, 1);
+  auto v2_weights = examples::random_weights<float>(v2, 1);
   v2_weights.lambda_proj.weight = Tensor<float, 2>({3, kEmbed});
   expect_error<diffattn::shape_error>(
       [&] { MultiHeadDiffAttention<float>(v2, v2_weights); },
@@ -712,7 +715,7 @@ TEST(BlockErrors, WeightShapes) {
 TEST(BlockErrors, ForwardInputsAndCaches) {
   const DiffAttentionConfig config =
       diff_config(2, 1, 1, true, RopeStyle::half, LambdaMode::reference);
-  const MultiHeadDiffAttention<float> block(config, diffattn::random_weights<float>(config, 1));
+  const MultiHeadDiffAttention<float> block(config, examples::random_weights<float>(config, 1));
   const Tensor<float, 3> narrow({1, 3, 16});
   expect_error<diffattn::shape_error>(
       [&] { block.forward(narrow); },
@@ -730,7 +733,7 @@ TEST(BlockErrors, ForwardInputsAndCaches) {
   expect_error<diffattn::shape_error>([&] { block.forward(x, other_batch); },
                                       {"'cache' does not fit this block and batch", "B=1", "B=2"});
   const MultiHeadAttention<float> standard(config.standard(),
-                                           diffattn::random_weights<float>(config.standard(), 1));
+                                           examples::random_weights<float>(config.standard(), 1));
   auto standard_cache = standard.make_cache(2, 4);
   expect_error<diffattn::shape_error>([&] { block.forward(x, standard_cache); },
                                       {"'cache' does not fit this block and batch"});

@@ -15,8 +15,9 @@
 #include "diffattn/workspace.hpp"
 #include "diffattn/fused.hpp"
 #include "diffattn/attention.hpp"
-#include "diffattn/safetensors.hpp"
 #include "diffattn/rope.hpp"
 #include "diffattn/rms_norm.hpp"
 #include "diffattn/kv_cache.hpp"
 #include "diffattn/blocks.hpp"
+// .safetensors checkpoints (reader, writer, from_safetensors) need nlohmann-json and are
+// not included here: #include <diffattn/safetensors.hpp> and link diffattn::safetensors.

@@ -14,7 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "diffattn/safetensors.hpp"
+#include "diffattn/safetensors_reader.hpp"
+#include "diffattn/safetensors_writer.hpp"
 
 namespace {
 

@@ -62,6 +62,8 @@
 #include <utility>
 #include <vector>
 
+#include "random_weights.hpp"
+
 #if defined(__SANITIZE_ADDRESS__)
 #define DIFFATTN_SHAPE_FUZZ_ASAN 1
 #elif defined(__has_feature)
@@ -2217,7 +2219,7 @@ AttackResult attack_block(Bytes& in, const AttackOptions& opts) {
     config.threads = threads;
     std::unique_ptr<Block> block;
     const Outcome built = invoke(name, call, [&] {
-      block = std::make_unique<Block>(config, diffattn::random_weights<T>(config, seed));
+      block = std::make_unique<Block>(config, examples::random_weights<T>(config, seed));
     });
     if (built.kind == Outcome::shape)
       fail(name, ": shape_error for its own random weights: ", built.message, ": ", call);
