@@ -15,6 +15,7 @@ packages=(
   clang              # scripts/fuzz.sh: clang++ with libFuzzer
   libclang-rt-14-dev # libclang_rt.fuzzer (only recommended by clang, so named here)
   python3-matplotlib # scripts/plot_bench.py (ctest plot_bench_script)
+  pkg-config         # ctest consumer_pkg_config: builds against the installed diffattn.pc
   doxygen            # cmake/diffattnDocs.cmake: docs target, ctest doxygen_docs
 )
 

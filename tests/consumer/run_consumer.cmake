@@ -1,9 +1,13 @@
-# Builds and runs the consumer project in tests/consumer. Run by ctest as
-#   cmake -DMODE=find_package|add_subdirectory -DDIFFATTN_SOURCE_DIR=... -DDIFFATTN_BUILD_DIR=...
+# Builds and runs the consumer program in tests/consumer. Run by ctest as
+#   cmake -DMODE=<mode> -DDIFFATTN_SOURCE_DIR=... -DDIFFATTN_BUILD_DIR=...
 #         -DCONSUMER_SOURCE_DIR=... -DWORK_DIR=... [-DGENERATOR=...] [-DCXX_COMPILER=...]
-#         [-DBUILD_TYPE=...] -P run_consumer.cmake
-# find_package mode first installs the configured diffattn build in DIFFATTN_BUILD_DIR
-# to WORK_DIR/prefix.
+#         [-DPKG_CONFIG=...] [-DBUILD_TYPE=...] -P run_consumer.cmake
+# Modes find_package, kernels_only and pkg_config first install the configured diffattn
+# build in DIFFATTN_BUILD_DIR to WORK_DIR/prefix. find_package, kernels_only,
+# add_subdirectory and fetchcontent build the CMake project in CONSUMER_SOURCE_DIR (its
+# CMakeLists.txt says what each does); pkg_config compiles main.cpp with the compiler
+# alone and the flags of `pkg-config --cflags`: once against diffattn.pc with a poisoned
+# <nlohmann/json.hpp> first on the include path, once against diffattn-safetensors.pc.
 
 foreach(var IN ITEMS MODE DIFFATTN_SOURCE_DIR DIFFATTN_BUILD_DIR CONSUMER_SOURCE_DIR WORK_DIR)
   if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
@@ -40,20 +44,26 @@ if(BUILD_TYPE)
   set(config_args --config "${BUILD_TYPE}")
 endif()
 
-if(MODE STREQUAL "find_package")
-  set(prefix "${WORK_DIR}/prefix")
+set(prefix "${WORK_DIR}/prefix")
+if(MODE MATCHES "^(find_package|kernels_only|pkg_config)$")
   run_step("install diffattn to ${prefix}"
            "${CMAKE_COMMAND}" --install "${DIFFATTN_BUILD_DIR}" --prefix "${prefix}" ${config_args})
   list(APPEND configure_args "-DCMAKE_PREFIX_PATH=${prefix}")
-elseif(MODE STREQUAL "add_subdirectory")
+elseif(MODE MATCHES "^(add_subdirectory|fetchcontent)$")
   list(APPEND configure_args "-DDIFFATTN_SOURCE_DIR=${DIFFATTN_SOURCE_DIR}")
 else()
-  message(FATAL_ERROR "run_consumer.cmake: MODE must be find_package or add_subdirectory, got '${MODE}'")
+  message(FATAL_ERROR "run_consumer.cmake: MODE must be find_package, kernels_only, "
+                      "add_subdirectory, fetchcontent or pkg_config, got '${MODE}'")
+endif()
+
+if(MODE STREQUAL "pkg_config")
+  include("${CMAKE_CURRENT_LIST_DIR}/run_pkg_config_consumer.cmake")
+  return()
 endif()
 
 run_step("configure" "${CMAKE_COMMAND}" ${configure_args})
 
-if(MODE STREQUAL "find_package")
+if(MODE MATCHES "^(find_package|kernels_only)$")
   # The package must come from the prefix we just installed to, not from a copy
   # installed elsewhere on the machine.
   file(STRINGS "${WORK_DIR}/build/CMakeCache.txt" found_dir REGEX "^diffattn_DIR:")
