@@ -1,6 +1,6 @@
 // The two tile products of the fused kernels, diffattn's register-blocked micro-kernels
 // against Eigen's GEMM on the same tiles (through Eigen::Map, no copies): the
-// measurement behind the choice of micro-kernels in microkernels.hpp.
+// measurement behind the choice of micro-kernels in include/diffattn/detail/kernels/.
 //
 //   Sᵀ [keys, rows]  = K [keys, D] · Qᵀ [D, rows]
 //   O  [rows, width] += Pᵀᵀ · V, with Pᵀ [keys, rows] and V [keys, width]
