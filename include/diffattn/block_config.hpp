@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// Configuration of the attention blocks (blocks.hpp): AttentionConfig for the standard
 /// block, DiffAttentionConfig and its λ mode for the differential one.
 
@@ -33,6 +34,7 @@ struct AttentionConfig {
   index_t head_dim = 0;
   /// Query i sees keys j <= i (and every cached key).
   bool causal = false;
+  /// Rotary position embedding of q and k (RopeStyle::none: no rotation).
   RopeStyle rope = RopeStyle::none;
   /// RoPE base θ: pair i turns by position·θ^(−2i/d).
   double rope_theta = 10000;
@@ -56,9 +58,12 @@ struct DiffAttentionConfig {
   int layer = 1;
   /// Query i sees keys j <= i (and every cached key).
   bool causal = false;
+  /// Rotary position embedding of q and k (RopeStyle::none: no rotation).
   RopeStyle rope = RopeStyle::none;
   /// RoPE base θ: pair i turns by position·θ^(−2i/d).
   double rope_theta = 10000;
+  /// How λ is formed: the paper's reparameterization (per layer or per head) or v2's
+  /// per-token sigmoid (LambdaMode).
   LambdaMode lambda = LambdaMode::reference;
   /// Passed to the kernels' AttentionOptions::threads (0: all cores). The projections
   /// follow Eigen's own setting (Eigen::setNbThreads).

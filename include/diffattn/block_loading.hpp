@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// MultiHeadAttention::from_safetensors and MultiHeadDiffAttention::from_safetensors:
 /// the blocks' weights read from a .safetensors checkpoint by the names of the reference
 /// state_dicts (see blocks.hpp). Needs nlohmann-json, through the reader.

@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// Weights of the attention blocks (blocks.hpp), in PyTorch nn.Linear layout
 /// ([out_features, in_features], y = x·Wᵀ + b) and named as the reference state_dicts.
 
@@ -33,7 +34,10 @@ struct DiffAttentionWeights {
   Linear<T> v_proj;    ///< [Hkv·2d, E]; v2: [Hkv·d, E]
   Linear<T> out_proj;  ///< [E, H·2d]; v2: [E, H·d]
   /// λ vectors: [1, d] in reference mode (the checkpoint's [d]), [H, d] per head.
-  Tensor<T, 2> lambda_q1, lambda_k1, lambda_q2, lambda_k2;
+  Tensor<T, 2> lambda_q1;
+  Tensor<T, 2> lambda_k1;  ///< as lambda_q1
+  Tensor<T, 2> lambda_q2;  ///< as lambda_q1
+  Tensor<T, 2> lambda_k2;  ///< as lambda_q1
   /// RMSNorm weight `subln.weight` [2d] (not in v2).
   Tensor<T, 1> subln_weight;
   /// v2 only: `lambda_proj.weight` [H, E].

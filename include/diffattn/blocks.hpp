@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// Multi-head attention blocks: MultiHeadAttention (standard) and MultiHeadDiffAttention
 /// (the Differential Transformer's), with the reference code's projections, head
 /// layout, RoPE, grouped-query attention and a KV cache for incremental decoding.
@@ -115,6 +116,7 @@ class MultiHeadAttention {
 
   /// The config with num_kv_heads and head_dim resolved.
   const AttentionConfig& config() const noexcept { return config_; }
+  /// The block's weights, as given or loaded.
   const AttentionWeights<T>& weights() const noexcept { return weights_; }
 
  private:
@@ -224,6 +226,7 @@ class MultiHeadDiffAttention {
 
   /// The config with num_kv_heads and head_dim resolved.
   const DiffAttentionConfig& config() const noexcept { return config_; }
+  /// The block's weights, as given or loaded.
   const DiffAttentionWeights<T>& weights() const noexcept { return weights_; }
   /// λ_init of the config's layer (0 in v2 mode, which does not use it).
   double lambda_init() const noexcept { return lambda_init_; }

@@ -1,5 +1,7 @@
 #pragma once
-/// Umbrella header: everything diffattn offers.
+/// \file
+/// Umbrella header: the kernels, reference, views, blocks and KV cache (not the
+/// .safetensors reader, which needs nlohmann-json: see below).
 
 #include "diffattn/version.hpp"
 #include "diffattn/errors.hpp"

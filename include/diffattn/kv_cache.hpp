@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// KVCache: the keys and values of the tokens a decoder has already seen, so that each
 /// new token projects only itself and attends to all of them.
 
@@ -39,11 +40,17 @@ class KVCache {
                                        checked_shape({batch, capacity, value_heads, value_dim}, value_names)))),
         values_(head_major(checked_shape({batch, capacity, value_heads, value_dim}, value_names))) {}
 
+  /// B: sequences in the batch.
   index_t batch() const noexcept { return keys_.extent(0); }
+  /// Tokens each sequence can hold.
   index_t capacity() const noexcept { return keys_.extent(2); }
+  /// Hkv of the keys.
   index_t key_heads() const noexcept { return keys_.extent(1); }
+  /// D: width of a key row.
   index_t key_dim() const noexcept { return keys_.extent(3); }
+  /// Heads of the values.
   index_t value_heads() const noexcept { return values_.extent(1); }
+  /// Dv: width of a value row.
   index_t value_dim() const noexcept { return values_.extent(3); }
 
   /// Tokens stored per sequence; the position the next appended token gets.

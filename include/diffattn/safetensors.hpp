@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// Everything that reads or writes .safetensors checkpoints: the format's types
 /// (safetensors_format.hpp), SafeTensors (safetensors_reader.hpp), SafeTensorsWriter
 /// (safetensors_writer.hpp) and the blocks' from_safetensors (block_loading.hpp).

@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// The .safetensors format (Hugging Face's `safetensors` library, which PyTorch and JAX
 /// checkpoints are published in): its element types and the error its reader and writer
 /// throw. Needs no JSON library; the reader and writer (safetensors_reader.hpp,

@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// SafeTensors: reads a .safetensors checkpoint (format in safetensors_format.hpp) and
 /// converts its tensors to diffattn::Tensor. Parses the JSON header with nlohmann-json.
 ///

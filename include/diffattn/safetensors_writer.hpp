@@ -1,4 +1,5 @@
 #pragma once
+/// \file
 /// SafeTensorsWriter: builds a .safetensors checkpoint (format in
 /// safetensors_format.hpp) from float and double tensors. Writes the JSON header with
 /// nlohmann-json.
