@@ -29,6 +29,7 @@ try:
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.hashsalt"] = "diffattn"
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: a small, searchable SVG
     import matplotlib.pyplot as plt
 except ImportError:
     plt = None
