@@ -31,13 +31,13 @@ namespace detail {
 template <class T>
 struct ChunkStates {
   T* base;
-  index_t chunks, maps, rows_pad;
+  index_t chunks, maps, rows_pad, dv_pad;
 
   static index_t state_size(index_t rows_pad, index_t dv_pad) { return size_mul(rows_pad, size_add(dv_pad, 4)); }
   static index_t elements(const FusedPlan& plan, index_t maps, index_t rows_pad, index_t dv_pad) {
     return size_mul(plan.tiles, plan.chunks, maps, state_size(rows_pad, dv_pad));
   }
-  FlashState<T> at(index_t tile, index_t chunk, index_t map, index_t dv_pad) const {
+  FlashState<T> at(index_t tile, index_t chunk, index_t map) const {
     T* state = base + ((tile * chunks + chunk) * maps + map) * state_size(rows_pad, dv_pad);
     return FlashState<T>{state, state + rows_pad, state + 4 * rows_pad, state + 2 * rows_pad, state + 3 * rows_pad};
   }
@@ -48,8 +48,8 @@ template <class T>
 void split_chunk_item(const TileContext<T>& c, const ChunkStates<T>& states, index_t tile_index, index_t chunk) {
   const bool diff = c.args().diff;
   const index_t dv_pad = c.call.sizes.dv_pad;
-  const FlashState<T> first = states.at(tile_index, chunk, 0, dv_pad);
-  const FlashState<T> second = diff ? states.at(tile_index, chunk, 1, dv_pad) : FlashState<T>{};
+  const FlashState<T> first = states.at(tile_index, chunk, 0);
+  const FlashState<T> second = diff ? states.at(tile_index, chunk, 1) : FlashState<T>{};
   flash_reset(first, c.rows_pad(), dv_pad);
   if (diff) flash_reset(second, c.rows_pad(), dv_pad);
   const index_t key_end = c.problem().key_limit(c.tile.last - 1);
@@ -94,8 +94,8 @@ void split_heads_item(const FusedCall<T>& call, ThreadWorkspace<T>& ws, const Ch
   const index_t s_size = ScoreLayout::stream_row_keys<T>(plan) * rows_pad;
   for (index_t h = 0; h < p.kv_heads; ++h) {
     pack_tile_queries(context(h), h * q_size);
-    flash_reset(states.at(tile_index(h), chunk, 0, dv_pad), rows_pad, dv_pad);
-    if (a.diff) flash_reset(states.at(tile_index(h), chunk, 1, dv_pad), rows_pad, dv_pad);
+    flash_reset(states.at(tile_index(h), chunk, 0), rows_pad, dv_pad);
+    if (a.diff) flash_reset(states.at(tile_index(h), chunk, 1), rows_pad, dv_pad);
   }
   const QueryTile any_tile = tile_at(p, plan, tile_index(0));  // every head sees the same keys
   const index_t key_begin = chunk * plan.key_chunk;
@@ -112,8 +112,8 @@ void split_heads_item(const FusedCall<T>& call, ThreadWorkspace<T>& ws, const Ch
       }
       for (index_t h = 0; h < p.kv_heads; ++h) {
         const TileContext<T> c = context(h);
-        const FlashState<T> first = states.at(tile_index(h), chunk, 0, dv_pad);
-        const FlashState<T> second = a.diff ? states.at(tile_index(h), chunk, 1, dv_pad) : FlashState<T>{};
+        const FlashState<T> first = states.at(tile_index(h), chunk, 0);
+        const FlashState<T> second = a.diff ? states.at(tile_index(h), chunk, 1) : FlashState<T>{};
         T* st1 = ws.st1.data() + h * s_size;
         T* st2 = a.diff ? ws.st2.data() + h * s_size : nullptr;
         if (pass == 0) {
@@ -166,7 +166,7 @@ void merge_split_tile(const TileContext<T>& c, const ChunkStates<T>& states, ind
   FlashState<T> parts[FusedPlan::max_split_chunks];
   const FlashState<T> merged[2] = {stats.flash_state(0, c.ws.acc1.data()), stats.flash_state(1, c.ws.acc2.data())};
   for (index_t map = 0; map < c.call.maps(); ++map) {
-    for (index_t chunk = 0; chunk < c.plan().chunks; ++chunk) parts[chunk] = states.at(tile_index, chunk, map, dv_pad);
+    for (index_t chunk = 0; chunk < c.plan().chunks; ++chunk) parts[chunk] = states.at(tile_index, chunk, map);
     merge_chunk_states(parts, c.plan().chunks, c.rows(), dv_pad, merged[map]);
   }
   write_flash_output(c, merged[0], c.args().diff ? &merged[1] : nullptr);

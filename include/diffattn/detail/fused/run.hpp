@@ -61,7 +61,7 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   if (plan.splits_keys()) {
     cache.chunk_storage.reserve(ChunkStates<T>::elements(plan, call.maps(), call.rows_pad, sizes.dv_pad));
   }
-  const ChunkStates<T> chunk_states{cache.chunk_storage.data(), plan.chunks, call.maps(), call.rows_pad};
+  const ChunkStates<T> chunk_states{cache.chunk_storage.data(), plan.chunks, call.maps(), call.rows_pad, sizes.dv_pad};
 
   const index_t items = (plan.method == Method::split_heads ? plan.tiles / p.kv_heads : plan.tiles) * plan.chunks;
   // Causal tiles late in the sequence cost the most: hand them out first.
