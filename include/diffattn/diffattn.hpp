@@ -6,6 +6,7 @@
 #include "diffattn/version.hpp"
 #include "diffattn/errors.hpp"
 #include "diffattn/tensor.hpp"
+#include "diffattn/half.hpp"
 #include "diffattn/eigen.hpp"
 #include "diffattn/options.hpp"
 #include "diffattn/lambda.hpp"
