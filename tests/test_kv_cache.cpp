@@ -146,4 +146,42 @@ TEST(KVCacheErrors, EmptyBatchWithHugeExtents) {
   EXPECT_EQ(cache.keys().size(), 0);
 }
 
+// A cache of another element type takes float rows and stores them as diffattn::convert
+// would (bf16 and f16 round to nearest even); rows of its own type still append as they are.
+template <class T>
+class KVCacheConvertTest : public ::testing::Test {};
+using ConvertedTypes = ::testing::Types<diffattn::bf16, diffattn::f16, double>;
+TYPED_TEST_SUITE(KVCacheConvertTest, ConvertedTypes);
+
+TYPED_TEST(KVCacheConvertTest, AppendsFloatRowsConverted) {
+  using T = TypeParam;
+  std::mt19937_64 rng(5);
+  KVCache<T> cache(2, 5, 3, 6, 2, 7);
+  // Keys through a permuted view ([B, H, N, D] storage read as [B, N, H, D]).
+  const Tensor<float, 4> keys_bhnd = random_tensor<float, 4>({2, 3, 3, 6}, rng, -3, 3);
+  const Tensor<float, 4> values = random_tensor<float, 4>({2, 3, 2, 7}, rng, -3, 3);
+  const auto keys = diffattn::bhnd_to_bnhd(keys_bhnd.view());
+  cache.append(keys, values.view());
+  Tensor<T, 4> expected_keys({2, 3, 3, 6}), expected_values({2, 3, 2, 7});
+  diffattn::convert(keys, expected_keys.view());
+  diffattn::convert(values.view(), expected_values.view());
+  EXPECT_EQ(max_abs_diff(cache.keys(), expected_keys.view()), 0.0);
+  EXPECT_EQ(max_abs_diff(cache.values(), expected_values.view()), 0.0);
+  if constexpr (!std::is_same_v<T, double>) {  // the rounding is real, not a float copy
+    EXPECT_GT(max_abs_diff(cache.keys(), keys), 0.0);
+  }
+  // Its own type: appended unchanged after the converted rows.
+  cache.append(expected_keys.view().slice(1, 0, 2), expected_values.view().slice(1, 0, 2));
+  EXPECT_EQ(cache.length(), 5);
+  EXPECT_EQ(max_abs_diff(cache.keys().slice(1, 3, 5), expected_keys.view().slice(1, 0, 2)), 0.0);
+  // Float rows get the same checks as the cache's own, and a refused append adds nothing.
+  KVCache<T> other(2, 5, 3, 6, 2, 7);
+  other.append(keys.slice(1, 0, 1), values.view().slice(1, 0, 1));
+  const Tensor<float, 4> narrow({2, 1, 2, 6});
+  const std::string message = diffattn_test::error_message<diffattn::shape_error>(
+      [&] { other.append(keys.slice(1, 1, 2), narrow.view()); });
+  EXPECT_TRUE(contains(message, "'values' dimension 3")) << message;
+  EXPECT_EQ(other.length(), 1);
+}
+
 }  // namespace

@@ -5,8 +5,10 @@
 
 #include <array>
 #include <stdexcept>
+#include <type_traits>
 
 #include "diffattn/errors.hpp"
+#include "diffattn/half.hpp"
 #include "diffattn/layouts.hpp"
 #include "diffattn/tensor.hpp"
 #include "diffattn/detail/validation.hpp"
@@ -66,15 +68,12 @@ class KVCache {
   /// Appends n tokens to every sequence: keys [B, n, key_heads, key_dim], values
   /// [B, n, value_heads, value_dim]; any strides. Throws diffattn::shape_error, and
   /// appends nothing, when the shapes do not fit or the cache has no room for n tokens.
-  void append(TensorView<const T, 4> keys, TensorView<const T, 4> values) {
-    constexpr const char* fn = "KVCache::append";
-    check_append(keys.shape(), values.shape());
-    detail::check_no_alias(fn, "cache", keys_.view(), "keys", keys);
-    detail::check_no_alias(fn, "cache", values_.view(), "values", values);
-    const index_t added = keys.extent(1);
-    copy_rows(keys, bhnd_to_bnhd(keys_.view()).slice(1, length_, length_ + added));
-    copy_rows(values, bhnd_to_bnhd(values_.view()).slice(1, length_, length_ + added));
-    length_ += added;
+  void append(TensorView<const T, 4> keys, TensorView<const T, 4> values) { append_rows(keys, values); }
+  /// append() from float rows, for a cache of another element type (bf16, f16, double):
+  /// each element is converted as diffattn::convert does (to nearest, ties to even).
+  template <class U = T, std::enable_if_t<!std::is_same_v<U, float>, int> = 0>
+  void append(TensorView<const float, 4> keys, TensorView<const float, 4> values) {
+    append_rows(keys, values);
   }
 
   /// Forgets every token; the storage is kept for the next sequence.
@@ -122,13 +121,25 @@ class KVCache {
     }
   }
 
+  template <class U>
+  void append_rows(TensorView<const U, 4> keys, TensorView<const U, 4> values) {
+    constexpr const char* fn = "KVCache::append";
+    check_append(keys.shape(), values.shape());
+    detail::check_no_alias(fn, "cache", keys_.view(), "keys", keys);
+    detail::check_no_alias(fn, "cache", values_.view(), "values", values);
+    const index_t added = keys.extent(1);
+    copy_rows(keys, bhnd_to_bnhd(keys_.view()).slice(1, length_, length_ + added));
+    copy_rows(values, bhnd_to_bnhd(values_.view()).slice(1, length_, length_ + added));
+    length_ += added;
+  }
   /// [B, n, H, D] into [B, n, H, D]; heads outermost, so the writes go row after row.
-  static void copy_rows(TensorView<const T, 4> from, TensorView<T, 4> to) {
+  template <class U>
+  static void copy_rows(TensorView<const U, 4> from, TensorView<T, 4> to) {
     if (from.empty()) return;  // its other extents may be huge (heads of width 0)
     for (index_t b = 0; b < from.extent(0); ++b) {
       for (index_t h = 0; h < from.extent(2); ++h) {
         for (index_t n = 0; n < from.extent(1); ++n) {
-          for (index_t c = 0; c < from.extent(3); ++c) to(b, n, h, c) = from(b, n, h, c);
+          for (index_t c = 0; c < from.extent(3); ++c) to(b, n, h, c) = detail::convert_element<T>(from(b, n, h, c));
         }
       }
     }
