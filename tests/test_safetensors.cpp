@@ -521,6 +521,57 @@ TEST(SafeTensorsConversion, EveryBfloat16PatternIsExact) {
   EXPECT_EQ(diffattn::detail::bfloat16_to_float(0x0001), std::ldexp(1.0f, -133));
 }
 
+std::uint16_t raw_bits(diffattn::bf16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
+std::uint16_t raw_bits(diffattn::f16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
+
+// Read as its own type, a half tensor is its bits: every pattern, NaN payloads included.
+TEST(SafeTensorsConversion, HalfTensorsReadAsTheirTypeKeepEveryBit) {
+  const Tensor<diffattn::f16, 1> halves = all_patterns_file("F16").tensor<diffattn::f16, 1>("all");
+  const Tensor<diffattn::bf16, 1> bfloats = all_patterns_file("BF16").tensor<diffattn::bf16, 1>("all");
+  for (std::uint32_t bits = 0; bits <= 0xFFFF; ++bits) {
+    ASSERT_EQ(raw_bits(halves(static_cast<index_t>(bits))), bits) << std::hex << "F16 0x" << bits;
+    ASSERT_EQ(raw_bits(bfloats(static_cast<index_t>(bits))), bits) << std::hex << "BF16 0x" << bits;
+  }
+}
+
+// Any other stored type reaches bf16 or f16 as diffattn::convert takes it from float.
+template <class Half>
+void expect_converted_from_float(const Tensor<Half, 1>& got, const Tensor<float, 1>& as_float) {
+  Tensor<Half, 1> want(as_float.shape());
+  diffattn::convert(as_float.view(), want.view());
+  for (index_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(static_cast<float>(want(i)))) {
+      ASSERT_TRUE(std::isnan(static_cast<float>(got(i)))) << i;
+    } else {
+      ASSERT_EQ(raw_bits(got(i)), raw_bits(want(i))) << i;
+    }
+  }
+}
+
+TEST(SafeTensorsConversion, OtherTypesRoundToHalfAsConvertDoes) {
+  const SafeTensors f16_file = all_patterns_file("F16");
+  const SafeTensors bf16_file = all_patterns_file("BF16");
+  expect_converted_from_float(f16_file.tensor<diffattn::bf16, 1>("all"), f16_file.tensor<float, 1>("all"));
+  expect_converted_from_float(bf16_file.tensor<diffattn::f16, 1>("all"), bf16_file.tensor<float, 1>("all"));
+  // F32 and F64, spanning f16's overflow and subnormals and bf16's rounding.
+  std::mt19937_64 rng(23);
+  Tensor<float, 1> floats({600});
+  Tensor<double, 1> doubles({600});
+  std::uniform_real_distribution<double> exponent(-30, 20);
+  for (index_t i = 0; i < floats.size(); ++i) {
+    doubles(i) = (i % 2 ? -1 : 1) * std::exp2(exponent(rng));
+    floats(i) = static_cast<float>(doubles(i));
+  }
+  SafeTensorsWriter writer;
+  writer.add("f", floats.view());
+  writer.add("d", doubles.view());
+  const SafeTensors st = SafeTensors::parse(writer.bytes());
+  expect_converted_from_float(st.tensor<diffattn::bf16, 1>("f"), floats);
+  expect_converted_from_float(st.tensor<diffattn::f16, 1>("f"), floats);
+  expect_converted_from_float(st.tensor<diffattn::bf16, 1>("d"), floats);  // F64 through float
+  EXPECT_THROW((st.tensor<diffattn::f16, 2>("f")), diffattn::safetensors_error);  // rank as for float
+}
+
 // ---------------------------------------------------------------------------------------
 // Malformed files: one clear safetensors_error each, naming the file, tensor and problem.
 

@@ -38,6 +38,7 @@
 #include "diffattn/detail/safetensors/header.hpp"
 #include "diffattn/detail/safetensors/messages.hpp"
 #include "diffattn/errors.hpp"
+#include "diffattn/half.hpp"
 #include "diffattn/safetensors_format.hpp"
 #include "diffattn/tensor.hpp"
 
@@ -121,12 +122,14 @@ class SafeTensors {
   /// The file's "__metadata__" string map (empty if it has none).
   const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
 
-  /// Converts F32/F16/BF16 (and F64) to T; throws if rank differs.
-  /// F16, BF16 and F32 convert exactly; F64 to float rounds to nearest.
+  /// Converts F32/F16/BF16 (and F64) to T (float, double, bf16 or f16); throws if rank
+  /// differs. To float and double, F16, BF16 and F32 convert exactly, F64 to float rounds
+  /// to nearest. F16 to f16 and BF16 to bf16 copy the bits; other types to bf16 or f16
+  /// round to nearest, ties to even, as diffattn::convert (F64 through float).
   template <class T, std::size_t Rank>
   Tensor<T, Rank> tensor(const std::string& name) const {
-    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                  "SafeTensors::tensor converts to float or double");
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || is_half_v<T>,
+                  "SafeTensors::tensor converts to float, double, bf16 or f16");
     const detail::SafeTensorEntry& found = entry(name);
     if (found.shape.size() != Rank) {
       fail(name, "has rank ", found.shape.size(), " (shape ", detail::format_shape(found.shape),
@@ -233,7 +236,32 @@ class SafeTensors {
   void convert(const detail::SafeTensorEntry& found, T* out) const noexcept {
     const std::uint8_t* in = tensor_bytes(found);
     const index_t count = found.element_count;
-    switch (found.dtype) {
+    if constexpr (is_half_v<T>) {
+      const DType same = std::is_same_v<T, bf16> ? DType::bf16 : DType::f16;
+      if (found.dtype == same) {  // stored as T: the bits as they are
+        for (index_t i = 0; i < count; ++i) {
+          out[i] = Eigen::numext::bit_cast<T>(detail::load_le<std::uint16_t>(in + 2 * i));
+        }
+        return;
+      }
+      // Otherwise each element goes through float (exact for F16, BF16 and F32).
+      constexpr index_t block = 256;
+      const index_t element_bytes = static_cast<index_t>(dtype_size(found.dtype));
+      float widened[block];
+      for (index_t first = 0; first < count; first += block) {
+        const index_t n = std::min(block, count - first);
+        convert_elements(found.dtype, in + first * element_bytes, n, widened);
+        for (index_t i = 0; i < n; ++i) out[first + i] = detail::convert_element<T>(widened[i]);
+      }
+    } else {
+      convert_elements(found.dtype, in, count, out);
+    }
+  }
+
+  /// `count` stored elements of type `dtype` at `in`, as float or double.
+  template <class T>
+  static void convert_elements(DType dtype, const std::uint8_t* in, index_t count, T* out) noexcept {
+    switch (dtype) {
       case DType::f64:
         for (index_t i = 0; i < count; ++i) {
           out[i] =
