@@ -107,6 +107,12 @@ double tolerance(double k, double scale) {
   return k * static_cast<double>(std::numeric_limits<T>::epsilon()) * std::max(scale, 1.0);
 }
 
+/// The bit pattern of a float, double, bf16 or f16, for tests that compare bits.
+inline std::uint32_t bits_of(float value) { return Eigen::numext::bit_cast<std::uint32_t>(value); }
+inline std::uint64_t bits_of(double value) { return Eigen::numext::bit_cast<std::uint64_t>(value); }
+inline std::uint16_t bits_of(diffattn::bf16 value) { return Eigen::numext::bit_cast<std::uint16_t>(value); }
+inline std::uint16_t bits_of(diffattn::f16 value) { return Eigen::numext::bit_cast<std::uint16_t>(value); }
+
 inline bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <diffattn/attention.hpp>
+#include <diffattn/layouts.hpp>
 #include <diffattn/tensor.hpp>
 
 namespace {
@@ -82,12 +83,6 @@ struct Shape {
   index_t b, hq, hkv, nq, nk, d, dv;
 };
 
-/// A [B, H, N, D] view of storage laid out [B, N, H, D] (the projection layout).
-template <class T>
-TensorView<const T, 4> heads_interleaved(const Tensor<T, 4>& storage) {
-  return storage.view().permute({0, 2, 1, 3});
-}
-
 template <class T>
 struct Call {
   Shape s;
@@ -108,7 +103,7 @@ std::string run(const Call<T>& c, std::uint64_t seed) {
     return c.interleaved ? in.tensor<T, 4>({s.b, n, heads, width}) : in.tensor<T, 4>({s.b, heads, n, width});
   };
   auto view = [&](const Tensor<T, 4>& t) {
-    return c.interleaved ? heads_interleaved(t) : TensorView<const T, 4>(t.view());
+    return c.interleaved ? diffattn::bnhd_to_bhnd(t.view()) : t.view();
   };
   const Tensor<T, 4> q1 = qkv(s.hq, s.nq, s.d), q2 = qkv(s.hq, s.nq, s.d);
   const Tensor<T, 4> k1 = qkv(s.hkv, s.nk, s.d), k2 = qkv(s.hkv, s.nk, s.d);

@@ -18,26 +18,20 @@ namespace {
 
 using diffattn::bf16;
 using diffattn::f16;
+using diffattn_test::bits_of;
 using diffattn::index_t;
 using diffattn::Tensor;
 using diffattn::TensorView;
 
-std::uint32_t float_bits(float x) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  return bits;
-}
 float float_from_bits(std::uint32_t bits) {
   float x;
   std::memcpy(&x, &bits, sizeof x);
   return x;
 }
-std::uint16_t raw_bits(bf16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
-std::uint16_t raw_bits(f16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
 
 /// bfloat16 from float by the definition: the top 16 bits, rounded to nearest even.
 std::uint16_t bf16_bits_rne(float x) {
-  const std::uint32_t bits = float_bits(x);
+  const std::uint32_t bits = bits_of(x);
   if (std::isnan(x)) return static_cast<std::uint16_t>((bits >> 16) | 0x40);  // quiet
   const std::uint32_t lsb = (bits >> 16) & 1;
   return static_cast<std::uint16_t>((bits + 0x7FFF + lsb) >> 16);
@@ -88,14 +82,14 @@ TEST(Half, EveryHalfValueRoundTripsThroughFloat) {
       ++bf16_nans;
       EXPECT_TRUE(std::isnan(static_cast<float>(b2(i)))) << i;
     } else {
-      ASSERT_EQ(raw_bits(b2(i)), i) << "bf16 bits " << i;
-      EXPECT_EQ(float_bits(fb(i)), i << 16) << "bf16 " << i << " is the top half of a float";
+      ASSERT_EQ(bits_of(b2(i)), i) << "bf16 bits " << i;
+      EXPECT_EQ(bits_of(fb(i)), i << 16) << "bf16 " << i << " is the top half of a float";
     }
     if (std::isnan(fh(i))) {
       ++f16_nans;
       EXPECT_TRUE(std::isnan(static_cast<float>(h2(i)))) << i;
     } else {
-      ASSERT_EQ(raw_bits(h2(i)), i) << "f16 bits " << i;
+      ASSERT_EQ(bits_of(h2(i)), i) << "f16 bits " << i;
     }
   }
   // Exponent all ones with a non-zero mantissa, both signs.
@@ -125,7 +119,7 @@ TEST(Half, FloatToBf16RoundsToNearestEven) {
       EXPECT_TRUE(std::isnan(static_cast<float>(y(i))));
       continue;
     }
-    ASSERT_EQ(raw_bits(y(i)), bf16_bits_rne(x(i))) << "float bits 0x" << std::hex << float_bits(x(i));
+    ASSERT_EQ(bits_of(y(i)), bf16_bits_rne(x(i))) << "float bits 0x" << std::hex << bits_of(x(i));
   }
 }
 
@@ -161,7 +155,7 @@ TEST(Half, ConvertFollowsStridesAndPermutations) {
   for (index_t a = 0; a < 3; ++a) {
     for (index_t b = 0; b < 4; ++b) {
       for (index_t c = 0; c < 5; ++c) {
-        EXPECT_EQ(raw_bits(dst(c, a, b)), raw_bits(bf16(src(a, b, c))));
+        EXPECT_EQ(bits_of(dst(c, a, b)), bits_of(bf16(src(a, b, c))));
       }
     }
   }
@@ -210,7 +204,7 @@ TEST(Half, ReferenceReadsHalfInputsExactly) {
   diffattn::reference::softmax_attention<bf16>(q.view(), k.view(), v.view(), out.view(), options);
   diffattn::reference::softmax_attention<double>(qd.view(), kd.view(), vd.view(), expected.view(), options_d);
   for (index_t i = 0; i < out.size(); ++i) {
-    EXPECT_EQ(raw_bits(out.data()[i]), raw_bits(bf16(static_cast<float>(expected.data()[i])))) << i;
+    EXPECT_EQ(bits_of(out.data()[i]), bits_of(bf16(static_cast<float>(expected.data()[i])))) << i;
   }
 }
 

@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
@@ -23,6 +22,7 @@
 
 #include "diffattn/safetensors.hpp"
 #include "diffattn/tensor.hpp"
+#include "helpers.hpp"
 
 #ifndef DIFFATTN_TEST_SOURCE_DIR
 #error "tests/CMakeLists.txt defines DIFFATTN_TEST_SOURCE_DIR (the tests/ folder)"
@@ -37,6 +37,7 @@ using diffattn::safetensors_error;
 using diffattn::SafeTensorsWriter;
 using diffattn::Tensor;
 using diffattn::TensorView;
+using diffattn_test::bits_of;
 
 using Bytes = std::vector<std::uint8_t>;
 
@@ -61,18 +62,6 @@ void append_le(Bytes& bytes, U value) {
     bytes.push_back(static_cast<std::uint8_t>(value & 0xFFu));
     value = static_cast<U>(value >> 8);
   }
-}
-
-std::uint32_t bits_of(float value) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  return bits;
-}
-
-std::uint64_t bits_of(double value) {
-  std::uint64_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  return bits;
 }
 
 Bytes read_file(const std::filesystem::path& path) {
@@ -521,16 +510,13 @@ TEST(SafeTensorsConversion, EveryBfloat16PatternIsExact) {
   EXPECT_EQ(diffattn::detail::bfloat16_to_float(0x0001), std::ldexp(1.0f, -133));
 }
 
-std::uint16_t raw_bits(diffattn::bf16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
-std::uint16_t raw_bits(diffattn::f16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
-
 // Read as its own type, a half tensor is its bits: every pattern, NaN payloads included.
 TEST(SafeTensorsConversion, HalfTensorsReadAsTheirTypeKeepEveryBit) {
   const Tensor<diffattn::f16, 1> halves = all_patterns_file("F16").tensor<diffattn::f16, 1>("all");
   const Tensor<diffattn::bf16, 1> bfloats = all_patterns_file("BF16").tensor<diffattn::bf16, 1>("all");
   for (std::uint32_t bits = 0; bits <= 0xFFFF; ++bits) {
-    ASSERT_EQ(raw_bits(halves(static_cast<index_t>(bits))), bits) << std::hex << "F16 0x" << bits;
-    ASSERT_EQ(raw_bits(bfloats(static_cast<index_t>(bits))), bits) << std::hex << "BF16 0x" << bits;
+    ASSERT_EQ(bits_of(halves(static_cast<index_t>(bits))), bits) << std::hex << "F16 0x" << bits;
+    ASSERT_EQ(bits_of(bfloats(static_cast<index_t>(bits))), bits) << std::hex << "BF16 0x" << bits;
   }
 }
 
@@ -543,7 +529,7 @@ void expect_converted_from_float(const Tensor<Half, 1>& got, const Tensor<float,
     if (std::isnan(static_cast<float>(want(i)))) {
       ASSERT_TRUE(std::isnan(static_cast<float>(got(i)))) << i;
     } else {
-      ASSERT_EQ(raw_bits(got(i)), raw_bits(want(i))) << i;
+      ASSERT_EQ(bits_of(got(i)), bits_of(want(i))) << i;
     }
   }
 }
