@@ -53,6 +53,7 @@
 #include <type_traits>
 
 #include "diffattn/detail/fused/run.hpp"
+#include "diffattn/half.hpp"
 #include "diffattn/options.hpp"
 #include "diffattn/tensor.hpp"
 #include "diffattn/detail/validation.hpp"
@@ -60,18 +61,79 @@
 namespace diffattn {
 namespace detail {
 
-template <class T>
-constexpr void check_kernel_type() {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "diffattn's fused kernels take float or double (diffattn::reference takes any)");
+/// The element type of a rank-4 Tensor or TensorView argument, without const.
+template <class X>
+struct view_element {};
+template <class E>
+struct view_element<TensorView<E, 4>> {
+  using type = std::remove_const_t<E>;
+};
+template <class E>
+struct view_element<Tensor<E, 4>> {
+  using type = E;
+};
+template <class X>
+using view_element_t = typename view_element<std::remove_cv_t<std::remove_reference_t<X>>>::type;
+
+template <class E>
+TensorView<const E, 4> read_view(TensorView<E, 4> v) {
+  return v;
+}
+template <class E>
+TensorView<const E, 4> read_view(const Tensor<E, 4>& t) {
+  return t.view();
 }
 
-template <class T, std::size_t LambdaRank>
-void run_diff_attention(const char* fn, TensorView<const T, 4> q1, TensorView<const T, 4> q2,
-                        TensorView<const T, 4> k1, TensorView<const T, 4> k2,
-                        TensorView<const T, 4> v, TensorView<const T, LambdaRank> lambda,
-                        TensorView<T, 4> out, const AttentionOptions<T>& options) {
-  check_kernel_type<T>();
+/// The single-type overloads take the compute types only, so that a call on bf16 or f16
+/// alone finds the mixed-type overload.
+template <class T>
+using enable_compute_t = std::enable_if_t<std::is_same_v<T, float> || std::is_same_v<T, double>, int>;
+
+template <class T>
+inline constexpr bool is_float_family_v = std::is_same_v<T, float> || is_half_v<T>;
+
+/// Enables the mixed-type overloads: every argument a rank-4 Tensor or TensorView, and not
+/// all of one type the single-type overloads take (float or double).
+template <class O, class... In>
+using enable_mixed_t = std::enable_if_t<
+    !((std::is_same_v<view_element_t<In>, O> && ...) && (std::is_same_v<O, float> || std::is_same_v<O, double>)),
+    int>;
+
+/// The element types a fused call may mix, checked at compile time.
+template <class Q, class Q2, class K, class K2, class V, class O>
+constexpr void check_mixed_types() {
+  static_assert(!std::is_same_v<Q, double> && !std::is_same_v<K, double> && !std::is_same_v<O, double>,
+                "diffattn: double calls are all-double (q, k, v and out of double)");
+  static_assert(is_float_family_v<Q> && is_float_family_v<K>,
+                "diffattn: the fused kernels take q, k and v of float, bf16 or f16");
+  static_assert(std::is_same_v<Q, Q2>, "diffattn: q1 and q2 must have one element type");
+  static_assert(std::is_same_v<K, K2> && std::is_same_v<K, V>, "diffattn: k and v must have one element type");
+  static_assert(std::is_same_v<O, float> || std::is_same_v<O, Q>,
+                "diffattn: out is float or of q's element type");
+}
+
+template <class T, class Q, class KV, class O>
+void run_softmax_attention(TensorView<const Q, 4> q, TensorView<const KV, 4> k, TensorView<const KV, 4> v,
+                           TensorView<O, 4> out, const AttentionOptions<T>& options) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "diffattn's fused kernels compute in float or double (diffattn::reference takes any)");
+  FusedArgs<T> args;
+  args.problem = validate_attention("softmax_attention", q, k, v, out, options, args.mask);
+  args.q1 = q;
+  args.k1 = k;
+  args.v = v;
+  args.out = out;
+  fused_attention(args, options.threads, options.workspace_limit);
+}
+
+template <class T, class Q, class KV, class O, std::size_t LambdaRank>
+void run_diff_attention(TensorView<const Q, 4> q1, TensorView<const Q, 4> q2, TensorView<const KV, 4> k1,
+                        TensorView<const KV, 4> k2, TensorView<const KV, 4> v,
+                        TensorView<const T, LambdaRank> lambda, TensorView<O, 4> out,
+                        const AttentionOptions<T>& options) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "diffattn's fused kernels compute in float or double (diffattn::reference takes any)");
+  const char* fn = "diff_attention";
   FusedArgs<T> args;
   args.problem = validate_attention(fn, q1, k1, v, out, options, args.mask);
   validate_second_map(fn, q1, q2, k1, k2, out);
@@ -91,26 +153,32 @@ void run_diff_attention(const char* fn, TensorView<const T, 4> q1, TensorView<co
 
 /// Standard attention: out = softmax(scale·q·kᵀ + mask)·v.
 /// q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv], out [B, Hq, Nq, Dv].
-template <class T>
+template <class T, detail::enable_compute_t<T> = 0>
 void softmax_attention(detail::identity_t<TensorView<const T, 4>> q,
                        detail::identity_t<TensorView<const T, 4>> k,
                        detail::identity_t<TensorView<const T, 4>> v, TensorView<T, 4> out,
                        const detail::identity_t<AttentionOptions<T>>& options = {}) {
-  detail::check_kernel_type<T>();
-  detail::FusedArgs<T> args;
-  args.problem = detail::validate_attention("softmax_attention", q, k, v, out, options, args.mask);
-  args.q1 = q;
-  args.k1 = k;
-  args.v = v;
-  args.out = out;
-  detail::fused_attention(args, options.threads, options.workspace_limit);
+  detail::run_softmax_attention<T>(q, k, v, out, options);
+}
+
+/// Standard attention on half-precision tensors: q of float, bf16 or f16; k and v of one
+/// of those; out of float or of q's type. Computes in float (products, softmax statistics
+/// and accumulation); the mask is float. q, k, v: rank-4 Tensor or TensorView.
+template <class Q, class K, class V, class O, detail::enable_mixed_t<O, Q, K, V> = 0>
+void softmax_attention(const Q& q, const K& k, const V& v, TensorView<O, 4> out,
+                       const AttentionOptions<float>& options = {}) {
+  using QE = detail::view_element_t<Q>;
+  using KE = detail::view_element_t<K>;
+  detail::check_mixed_types<QE, QE, KE, KE, detail::view_element_t<V>, O>();
+  detail::run_softmax_attention<float>(detail::read_view(q), detail::read_view(k), detail::read_view(v), out,
+                                       options);
 }
 
 /// Differential attention with one λ per query head:
 /// out = (softmax(scale·q1·k1ᵀ + mask) − λ[h]·softmax(scale·q2·k2ᵀ + mask))·v.
 /// q1, q2 [B, Hq, Nq, D], k1, k2 [B, Hkv, Nk, D] (k2 may be k1), v [B, Hkv, Nk, Dv],
 /// lambda [Hq] (or [1], or stride 0, to share one value), out [B, Hq, Nq, Dv].
-template <class T>
+template <class T, detail::enable_compute_t<T> = 0>
 void diff_attention(detail::identity_t<TensorView<const T, 4>> q1,
                     detail::identity_t<TensorView<const T, 4>> q2,
                     detail::identity_t<TensorView<const T, 4>> k1,
@@ -118,12 +186,12 @@ void diff_attention(detail::identity_t<TensorView<const T, 4>> q1,
                     detail::identity_t<TensorView<const T, 4>> v,
                     detail::identity_t<TensorView<const T, 1>> lambda, TensorView<T, 4> out,
                     const detail::identity_t<AttentionOptions<T>>& options = {}) {
-  detail::run_diff_attention<T>("diff_attention", q1, q2, k1, k2, v, lambda, out, options);
+  detail::run_diff_attention<T>(q1, q2, k1, k2, v, lambda, out, options);
 }
 
 /// Differential attention with λ per query token and head (the 2026 "V2" form, where
 /// λ = sigmoid(x·Wλ)). lambda [B|1, Hq|1, Nq|1]; extent-1 dimensions broadcast.
-template <class T>
+template <class T, detail::enable_compute_t<T> = 0>
 void diff_attention(detail::identity_t<TensorView<const T, 4>> q1,
                     detail::identity_t<TensorView<const T, 4>> q2,
                     detail::identity_t<TensorView<const T, 4>> k1,
@@ -131,7 +199,33 @@ void diff_attention(detail::identity_t<TensorView<const T, 4>> q1,
                     detail::identity_t<TensorView<const T, 4>> v,
                     detail::identity_t<TensorView<const T, 3>> lambda, TensorView<T, 4> out,
                     const detail::identity_t<AttentionOptions<T>>& options = {}) {
-  detail::run_diff_attention<T>("diff_attention", q1, q2, k1, k2, v, lambda, out, options);
+  detail::run_diff_attention<T>(q1, q2, k1, k2, v, lambda, out, options);
+}
+
+/// Differential attention (λ per head) on half-precision tensors, with the types of the
+/// half-precision softmax_attention (q1 and q2 one type, k1, k2 and v one type); λ and
+/// the mask are float.
+template <class Q1, class Q2, class K1, class K2, class V, class O,
+          detail::enable_mixed_t<O, Q1, Q2, K1, K2, V> = 0>
+void diff_attention(const Q1& q1, const Q2& q2, const K1& k1, const K2& k2, const V& v,
+                    TensorView<const float, 1> lambda, TensorView<O, 4> out,
+                    const AttentionOptions<float>& options = {}) {
+  detail::check_mixed_types<detail::view_element_t<Q1>, detail::view_element_t<Q2>, detail::view_element_t<K1>,
+                            detail::view_element_t<K2>, detail::view_element_t<V>, O>();
+  detail::run_diff_attention<float>(detail::read_view(q1), detail::read_view(q2), detail::read_view(k1),
+                                    detail::read_view(k2), detail::read_view(v), lambda, out, options);
+}
+
+/// Differential attention (λ per token, [B|1, Hq|1, Nq|1]) on half-precision tensors.
+template <class Q1, class Q2, class K1, class K2, class V, class O,
+          detail::enable_mixed_t<O, Q1, Q2, K1, K2, V> = 0>
+void diff_attention(const Q1& q1, const Q2& q2, const K1& k1, const K2& k2, const V& v,
+                    TensorView<const float, 3> lambda, TensorView<O, 4> out,
+                    const AttentionOptions<float>& options = {}) {
+  detail::check_mixed_types<detail::view_element_t<Q1>, detail::view_element_t<Q2>, detail::view_element_t<K1>,
+                            detail::view_element_t<K2>, detail::view_element_t<V>, O>();
+  detail::run_diff_attention<float>(detail::read_view(q1), detail::read_view(q2), detail::read_view(k1),
+                                    detail::read_view(k2), detail::read_view(v), lambda, out, options);
 }
 
 /// Frees the scratch memory the kernels keep for the calling thread between calls (at

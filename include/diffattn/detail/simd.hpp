@@ -63,6 +63,15 @@ template <class T>
 using native_batch = xsimd::batch<T, xsimd::default_arch>;
 #endif
 
+/// A batch of T loaded from `B::size` elements of E: T itself, or bf16/f16 converted to
+/// float in registers (load_converted).
+template <class B, class E>
+DIFFATTN_ALWAYS_INLINE B simd_load(const E* p) {
+  B b;
+  load_converted(p, b);
+  return b;
+}
+
 /// Copies n elements from src to dst, with non-temporal stores (stream_store) when dst is
 /// aligned to the batch width, else with ordinary ones. stream_fence() orders them.
 template <class T>

@@ -173,10 +173,12 @@ inline void check_threads(const char* fn, int threads) {
 
 /// Validates q/k/v/out (and the options' mask) and returns the problem they describe.
 /// `mask_out` receives the mask widened to [B, Hq, Nq, Nk] (empty when there is none).
-template <class T>
-AttentionProblem validate_attention(const char* fn, TensorView<const T, 4> q,
-                                    TensorView<const T, 4> k, TensorView<const T, 4> v,
-                                    TensorView<T, 4> out, const AttentionOptions<T>& options,
+/// q, k, v and out may hold other element types than the options' T (the fused kernels
+/// take bf16/f16 with T = float).
+template <class T, class Q, class K, class V, class O>
+AttentionProblem validate_attention(const char* fn, TensorView<const Q, 4> q,
+                                    TensorView<const K, 4> k, TensorView<const V, 4> v,
+                                    TensorView<O, 4> out, const AttentionOptions<T>& options,
                                     TensorView<const T, 4>& mask_out) {
   AttentionProblem p;
   p.batch = q.extent(0);
@@ -232,10 +234,10 @@ AttentionProblem validate_attention(const char* fn, TensorView<const T, 4> q,
 }
 
 /// Validates the second map (q2, k2) of a differential call against the first.
-template <class T>
-void validate_second_map(const char* fn, TensorView<const T, 4> q1, TensorView<const T, 4> q2,
-                         TensorView<const T, 4> k1, TensorView<const T, 4> k2,
-                         TensorView<T, 4> out) {
+template <class Q, class K, class O>
+void validate_second_map(const char* fn, TensorView<const Q, 4> q1, TensorView<const Q, 4> q2,
+                         TensorView<const K, 4> k1, TensorView<const K, 4> k2,
+                         TensorView<O, 4> out) {
   static constexpr const char* q_dims[4] = {"B", "Hq", "Nq", "D"};
   static constexpr const char* k_dims[4] = {"B", "Hkv", "Nk", "D"};
   for (std::size_t d = 0; d < 4; ++d) {

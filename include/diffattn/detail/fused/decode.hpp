@@ -62,14 +62,14 @@ void split_chunk_item(const TileContext<T>& c, const ChunkStates<T>& states, ind
 /// [B, N, H, D] that is the whole key tile, in address order. The split_heads passes read
 /// one head's rows at a time, D·sizeof(T) bytes out of every H·D·sizeof(T), which the
 /// hardware prefetchers follow poorly (docs/tuning.md, "prefetch_heads").
-template <class T>
-DIFFATTN_ALWAYS_INLINE void prefetch_heads(TensorView<const T, 4> t, index_t batch, index_t first, index_t count) {
+template <class E>
+DIFFATTN_ALWAYS_INLINE void prefetch_heads(TensorView<const E, 4> t, index_t batch, index_t first, index_t count) {
   constexpr std::uintptr_t line = 64;
   if (t.extent(3) == 0) return;  // no rows to read (and possibly no storage)
   const index_t last_head = t.extent(1) - 1;
   for (index_t j = first; j < first + count; ++j) {
-    const T* first_row = &t(batch, 0, j, 0);
-    const T* last_row = &t(batch, last_head, j, 0);
+    const E* first_row = &t(batch, 0, j, 0);
+    const E* last_row = &t(batch, last_head, j, 0);
     const auto begin = reinterpret_cast<std::uintptr_t>(std::min(first_row, last_row)) & ~(line - 1);
     const auto end = reinterpret_cast<std::uintptr_t>(std::max(first_row, last_row) + t.extent(3));
     for (std::uintptr_t at = begin; at < end; at += line) prefetch_for_read(reinterpret_cast<const void*>(at));
@@ -104,11 +104,14 @@ void split_heads_item(const FusedCall<T>& call, ThreadWorkspace<T>& ws, const Ch
     const index_t count = std::min(plan.stream_tile, key_end - j0);
     // Every head's K rows of the tile, then every head's V rows: two regions read whole.
     for (int pass = 0; pass < 2; ++pass) {
+      auto prefetch = [&](const ElementView<T>& t) {
+        t.visit([&](const auto& view) { prefetch_heads(view, any_tile.batch, j0, count); });
+      };
       if (pass == 0) {
-        prefetch_heads(a.k1, any_tile.batch, j0, count);
-        if (a.diff && a.k2.data() != a.k1.data()) prefetch_heads(a.k2, any_tile.batch, j0, count);
+        prefetch(a.k1);
+        if (a.diff && a.k2.address() != a.k1.address()) prefetch(a.k2);
       } else {
-        prefetch_heads(a.v, any_tile.batch, j0, count);
+        prefetch(a.v);
       }
       for (index_t h = 0; h < p.kv_heads; ++h) {
         const TileContext<T> c = context(h);

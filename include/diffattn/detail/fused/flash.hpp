@@ -46,14 +46,14 @@ void key_tile_values(const TileContext<T>& c, const T* st1, const T* st2, index_
   const index_t rows = c.rows();
   const index_t dv_pad = c.call.sizes.dv_pad;
   const ScoreLayout layout = c.call.layout;
-  index_t v_stride = 0;
-  const T* v = value_rows(c, j0, count, v_stride);
-  value_tile(st1, layout.key_stride(), layout.row_stride(), rows, count, v, v_stride, dv_pad, first_state.acc, dv_pad,
-             RowScales<T>{first_state.keep, first_state.add});
-  if (second_state != nullptr) {
-    value_tile(st2, layout.key_stride(), layout.row_stride(), rows, count, v, v_stride, dv_pad, second_state->acc,
-               dv_pad, RowScales<T>{second_state->keep, second_state->add});
-  }
+  with_value_rows(c, j0, count, [&](const auto* v, index_t v_stride) {
+    value_tile(st1, layout.key_stride(), layout.row_stride(), rows, count, v, v_stride, dv_pad, first_state.acc,
+               dv_pad, RowScales<T>{first_state.keep, first_state.add});
+    if (second_state != nullptr) {
+      value_tile(st2, layout.key_stride(), layout.row_stride(), rows, count, v, v_stride, dv_pad, second_state->acc,
+                 dv_pad, RowScales<T>{second_state->keep, second_state->add});
+    }
+  });
 }
 
 /// Streams keys [key_begin, key_end) through the tile's state(s), plan.stream_tile keys
@@ -77,21 +77,16 @@ void flash_stream(const TileContext<T>& c, index_t key_begin, index_t key_end, F
 template <class T>
 void write_flash_output(const TileContext<T>& c, FlashState<T> first, const FlashState<T>* second) {
   const FusedArgs<T>& a = c.args();
-  const AttentionProblem& p = a.problem;
   const QueryTile& tile = c.tile;
   const index_t dv_pad = c.call.sizes.dv_pad;
   for (index_t r = 0; r < c.rows(); ++r) {
-    const index_t head = tile.head(p, r);
-    const index_t position = tile.position(r);
-    T* out = &a.out(tile.batch, head, position, 0);
     const T* acc1 = first.acc + r * dv_pad;
     if (second == nullptr) {
-      std::copy(acc1, acc1 + p.value_dim, out);
+      write_output_row(c, r, acc1, static_cast<const T*>(nullptr), T(0));
       continue;
     }
-    const T* acc2 = second->acc + r * dv_pad;
-    const T lambda = second->l[r] == T(0) ? T(0) : a.lambda(tile.batch, head, position);
-    for (index_t d = 0; d < p.value_dim; ++d) out[d] = acc1[d] - lambda * acc2[d];
+    const T lambda = second->l[r] == T(0) ? T(0) : a.lambda(tile.batch, tile.head(a.problem, r), tile.position(r));
+    write_output_row(c, r, acc1, second->acc + r * dv_pad, lambda);
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdlib>
 
+#include "diffattn/detail/fused/element_views.hpp"
 #include "diffattn/detail/kernels/blocking.hpp"
 #include "diffattn/detail/simd.hpp"
 #include "diffattn/detail/validation.hpp"
@@ -15,15 +16,24 @@
 namespace diffattn {
 namespace detail {
 
-/// A validated call: its views and the problem they describe.
+/// A validated call: its views and the problem they describe. The kernels compute in T;
+/// q, k/v and out may hold other element types (element_views.hpp); mask and λ hold T.
 template <class T>
 struct FusedArgs {
-  TensorView<const T, 4> q1, q2, k1, k2, v, mask;  // q2, k2 only for diff; mask may be empty
-  TensorView<const T, 3> lambda;                   // [B, Hq, Nq], diff only
-  TensorView<T, 4> out;
+  ElementView<T> q1, q2, k1, k2, v;  // q2, k2 only for diff
+  TensorView<const T, 4> mask;       // may be empty
+  TensorView<const T, 3> lambda;     // [B, Hq, Nq], diff only
+  ElementView<T, true> out;
   AttentionProblem problem;
   bool diff = false;
 };
+
+/// Whether calls with q of Q and k/v of KV round the softmax weights P to bf16 for the
+/// P·V product (the bf16 dot-product tiles; attention.hpp states what it costs).
+template <class Q, class KV>
+constexpr bool rounds_weights_to_bf16() {
+  return false;
+}
 
 /// How a call's work is done. Every method works on query tiles (QueryTile: the rows of
 /// every query head of one kv head over a range of positions).
@@ -64,9 +74,11 @@ enum class ScoreKernel {
 /// - flash: chunks = 1. With ScoreKernel::depth_in_lanes the tile keeps S by row and
 ///   streams decode_key_tile keys at a time, else key_tile.
 /// - split_keys, split_heads: decoding; stream tile decode_key_tile (split_heads: a few
-///   rows of every head, heads_key_rows in all); pack_keys false.
-/// - pack_keys only for prefill tiles (not decoding); pack_values whenever V rows need
-///   padding to whole batches, or are not adjacent in a prefill tile.
+///   rows of every head, heads_key_rows in all).
+/// - pack_keys for prefill tiles whose K rows are not adjacent, and for half-precision K
+///   under ScoreKernel::rows_in_lanes (prefill or split); pack_values whenever V rows need
+///   padding to whole batches, are not adjacent in a prefill tile, or are half precision
+///   under rows_in_lanes.
 struct FusedPlan {
   static constexpr index_t key_tile = 64;     // keys per tile (two-pass, and prefill)
   /// Decoding tiles: K and V come from memory, and each tile switches the stream from K
@@ -183,8 +195,8 @@ index_t tile_workspace_bytes(const AttentionProblem& p, const FusedSizes<T>& sz,
 
 /// Whether a K or V view keeps the kv heads of one token next to each other and a head's
 /// rows apart (the projection layout [B, N, H, D]), rather than each head's rows in a run.
-template <class T>
-bool heads_interleaved(TensorView<const T, 4> t) {
+template <class View>
+bool heads_interleaved(const View& t) {
   return t.extent(1) > 1 && std::abs(t.stride(1)) < std::abs(t.stride(2));
 }
 
@@ -243,9 +255,14 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   // adjacent share few L1 sets and evict each other (in [B, N, H, D] a head's rows are
   // H·D apart, 1–4 KB, where the set index repeats every 4 KB): copying the tile first
   // is cheap against the 2·rows FLOPs per element it feeds.
+  // Half-precision K and V rows are converted as tiles with rows along the lanes pack
+  // them, once per query tile, rather than at every load of the micro-kernels (each
+  // element there feeds rows/lanes FMAs); tiles of a few rows (depth_in_lanes) read each
+  // row once and convert it in registers.
   const bool keys_apart = a.k1.stride(2) != p.head_dim || (a.diff && a.k2.stride(2) != p.head_dim);
-  plan.pack_keys = !decoding && keys_apart;
-  plan.pack_values = sz.pack_values || (!decoding && a.v.stride(2) != p.value_dim);
+  const bool half_rows = a.k1.element() != Element::compute && !plan.dot_scores();  // k1, k2, v: one type
+  plan.pack_keys = (!decoding && keys_apart) || half_rows;
+  plan.pack_values = sz.pack_values || (!decoding && a.v.stride(2) != p.value_dim) || half_rows;
   plan.threads = resolve_threads(requested_threads, items);
   if (plan.method == Method::two_pass) {
     auto fits = [&] {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "diffattn/detail/fused/tile.hpp"
 #include "diffattn/detail/kernels/score_tile.hpp"
@@ -16,25 +17,25 @@ namespace diffattn {
 namespace detail {
 
 /// K·Qᵀ of the tile's rows against keys [first, first + count) into st, laid out as the
-/// call's ScoreLayout says; with plan.pack_keys the K rows are first copied one after
-/// another into the workspace. The head dimension is not 0.
-template <class T>
-void score_products(const TileContext<T>& c, TensorView<const T, 4> k, const T* q_packed, index_t first,
+/// call's ScoreLayout says; with plan.pack_keys the K rows are first copied (converted to
+/// T) one after another into the workspace. The head dimension is not 0.
+template <class T, class E>
+void score_products(const TileContext<T>& c, TensorView<const E, 4> k, const T* q_packed, index_t first,
                     index_t count, T* st) {
   const FusedPlan& plan = c.plan();
   const QueryTile& tile = c.tile;
   const ScoreLayout layout = c.call.layout;
   const index_t rows = c.rows();
-  T* key_buffer = c.ws.keys.data();
   const index_t depth = k.extent(3);
-  const T* keys = &k(tile.batch, tile.kv_head, first, 0);
-  index_t key_stride = k.stride(2);
-  if (plan.pack_keys) {
-    pack_rows(keys, key_stride, count, depth, depth, key_buffer);
-    keys = key_buffer;
-    key_stride = depth;
-  }
+  const E* keys = &k(tile.batch, tile.kv_head, first, 0);
   const index_t rows_pad = layout.stride;  // Sᵀ only
+  if (plan.pack_keys) {
+    T* key_buffer = c.ws.keys.data();
+    pack_rows(keys, k.stride(2), count, depth, depth, key_buffer);
+    score_tile(static_cast<const T*>(key_buffer), depth, count, q_packed, rows_pad, rows_pad, depth, st, rows_pad);
+    return;
+  }
+  const index_t key_stride = k.stride(2);
   if (layout.by_row) {
     score_tile_dot(keys, key_stride, count, q_packed, rows, depth, st, index_t{1}, layout.stride);
   } else if (plan.dot_scores()) {  // fewer rows than lanes in an Sᵀ tile (two-pass): zero the padding lanes
@@ -43,16 +44,17 @@ void score_products(const TileContext<T>& c, TensorView<const T, 4> k, const T* 
       for (index_t r = 0; r < rows_pad; r += micro_blocking<T>::lanes) B(T(0)).store_unaligned(st + j * rows_pad + r);
     }
     score_tile_dot(keys, key_stride, count, q_packed, rows, depth, st, rows_pad, index_t{1});
-  } else {
+  } else if constexpr (std::is_same_v<T, E>) {
     score_tile(keys, key_stride, count, q_packed, rows_pad, rows_pad, depth, st, rows_pad);
   }
+  // Half-precision prefill tiles always pack their keys (make_plan).
 }
 
 /// Scores of the tile's rows against keys [first, first + count) into st, laid out as
 /// the call's ScoreLayout says: K·Qᵀ, plus mask·log2 e, and −inf past each row's causal
 /// limit (and, for S, in each row's padding up to whole batches).
 template <class T>
-void score_keys(const TileContext<T>& c, TensorView<const T, 4> k, const T* q_packed, index_t first, index_t count,
+void score_keys(const TileContext<T>& c, const ElementView<T>& k, const T* q_packed, index_t first, index_t count,
                 T* st) {
   const FusedArgs<T>& a = c.args();
   const AttentionProblem& p = a.problem;
@@ -66,7 +68,7 @@ void score_keys(const TileContext<T>& c, TensorView<const T, 4> k, const T* q_pa
       for (index_t r = 0; r < row_slots; ++r) st[j * layout.key_stride() + r * layout.row_stride()] = T(0);
     }
   } else {
-    score_products(c, k, q_packed, first, count, st);
+    k.visit([&](const auto& view) { score_products(c, view, q_packed, first, count, st); });
   }
   if (p.has_mask) {
     // A finite mask is a finite logit. Masks of lowest() (PyTorch's finfo.min masking)

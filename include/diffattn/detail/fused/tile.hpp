@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "diffattn/detail/fused/plan.hpp"
 #include "diffattn/detail/workspace.hpp"
+#include "diffattn/half.hpp"
 #include "diffattn/tensor.hpp"
 
 namespace diffattn {
@@ -68,7 +70,7 @@ struct ThreadWorkspace {
       st2.reserve(size_mul(score_keys, rows_pad, query_tiles));
       acc2.reserve(size_mul(rows_pad, sz.dv_pad));
     }
-    if (plan.pack_keys) keys.reserve(size_mul(FusedPlan::key_tile, depth));  // prefill only
+    if (plan.pack_keys) keys.reserve(size_mul(two_pass ? FusedPlan::key_tile : plan.stream_tile, depth));
     if (plan.pack_values) values.reserve(size_mul(value_keys, sz.dv_pad));
     stats.reserve(size_mul(TileStats<T>::arrays, rows_pad));
     if (diff) {  // two-pass tiles: the max each key tile used, and one tile of P
@@ -137,15 +139,15 @@ struct TileContext {
 
 /// The tile's Q rows times scale·log2 e: transposed, qt [D, rows_pad] with zero padding
 /// rows, for score_tile; or row-major [rows, D] for score_tile_dot.
-template <class T>
-void pack_queries(TensorView<const T, 4> q, const AttentionProblem& p, const QueryTile& tile,
+template <class T, class E>
+void pack_queries(TensorView<const E, 4> q, const AttentionProblem& p, const QueryTile& tile,
                   index_t rows_pad, bool row_major, T factor, T* packed) {
   const index_t rows = p.group * tile.positions();
   if (p.head_dim == 0) return;  // nothing to pack (and q may have no storage)
   if (row_major) {
     for (index_t r = 0; r < rows; ++r) {
-      const T* src = &q(tile.batch, tile.head(p, r), tile.position(r), 0);
-      for (index_t c = 0; c < p.head_dim; ++c) packed[r * p.head_dim + c] = src[c] * factor;
+      const E* src = &q(tile.batch, tile.head(p, r), tile.position(r), 0);
+      for (index_t c = 0; c < p.head_dim; ++c) packed[r * p.head_dim + c] = convert_element<T>(src[c]) * factor;
     }
     return;
   }
@@ -153,10 +155,10 @@ void pack_queries(TensorView<const T, 4> q, const AttentionProblem& p, const Que
   // read the compiler can vectorize.
   const index_t positions = tile.positions(), stride = q.stride(2), depth = p.head_dim;
   for (index_t h = 0; h < p.group; ++h) {
-    const T* src = &q(tile.batch, tile.head(p, h * positions), tile.first, 0);
+    const E* src = &q(tile.batch, tile.head(p, h * positions), tile.first, 0);
     T* dst = packed + h * positions;
     for (index_t c = 0; c < depth; ++c) {
-      for (index_t i = 0; i < positions; ++i) dst[c * rows_pad + i] = src[i * stride + c] * factor;
+      for (index_t i = 0; i < positions; ++i) dst[c * rows_pad + i] = convert_element<T>(src[i * stride + c]) * factor;
     }
   }
   for (index_t c = 0; c < depth; ++c) std::fill(packed + c * rows_pad + rows, packed + (c + 1) * rows_pad, T(0));
@@ -167,38 +169,68 @@ void pack_queries(TensorView<const T, 4> q, const AttentionProblem& p, const Que
 template <class T>
 void pack_tile_queries(const TileContext<T>& c, index_t offset = 0) {
   const FusedArgs<T>& a = c.args();
-  pack_queries(a.q1, a.problem, c.tile, c.rows_pad(), c.plan().dot_scores(), c.call.logit_factor,
-               c.ws.qt1.data() + offset);
-  if (a.diff) {
-    pack_queries(a.q2, a.problem, c.tile, c.rows_pad(), c.plan().dot_scores(), c.call.logit_factor,
-                 c.ws.qt2.data() + offset);
-  }
+  auto pack = [&](const ElementView<T>& q, T* packed) {
+    q.visit([&](const auto& view) {
+      pack_queries(view, a.problem, c.tile, c.rows_pad(), c.plan().dot_scores(), c.call.logit_factor, packed);
+    });
+  };
+  pack(a.q1, c.ws.qt1.data() + offset);
+  if (a.diff) pack(a.q2, c.ws.qt2.data() + offset);
 }
 
 /// Copies `count` rows of `width` elements, `stride` apart at src, one after another to
-/// dst at `padded_width` apart, zero-filling each row's padding.
-template <class T>
-void pack_rows(const T* src, index_t stride, index_t count, index_t width, index_t padded_width, T* dst) {
+/// dst at `padded_width` apart, converted to T, zero-filling each row's padding.
+template <class T, class E>
+void pack_rows(const E* src, index_t stride, index_t count, index_t width, index_t padded_width, T* dst) {
   for (index_t j = 0; j < count; ++j) {
-    std::copy(src + j * stride, src + j * stride + width, dst + j * padded_width);
-    std::fill(dst + j * padded_width + width, dst + (j + 1) * padded_width, T(0));
+    const E* row = src + j * stride;
+    T* packed = dst + j * padded_width;
+    if constexpr (std::is_same_v<T, E>) {
+      std::copy(row, row + width, packed);
+    } else {
+      for (index_t c = 0; c < width; ++c) packed[c] = convert_element<T>(row[c]);
+    }
+    std::fill(packed + width, dst + (j + 1) * padded_width, T(0));
   }
 }
 
-/// Where the V rows of keys [first, first + count) are read from: in place, or from a
-/// copy (plan.pack_values), zero-padded when the value width is not a whole number of
-/// batches. Sets `stride` to their distance.
-template <class T>
-const T* value_rows(const TileContext<T>& c, index_t first, index_t count, index_t& stride) {
+/// Calls f(rows, stride) with the V rows of keys [first, first + count): in place (of T,
+/// or of a half type the kernel converts as it loads), or a copy of T (plan.pack_values),
+/// zero-padded when the value width is not a whole number of batches.
+template <class T, class F>
+void with_value_rows(const TileContext<T>& c, index_t first, index_t count, F&& f) {
   const FusedArgs<T>& a = c.args();
-  const T* src = &a.v(c.tile.batch, c.tile.kv_head, first, 0);
-  if (!c.plan().pack_values) {
-    stride = a.v.stride(2);
-    return src;
-  }
-  pack_rows(src, a.v.stride(2), count, a.problem.value_dim, c.call.sizes.dv_pad, c.ws.values.data());
-  stride = c.call.sizes.dv_pad;
-  return c.ws.values.data();
+  a.v.visit([&](const auto& v) {
+    const auto* src = &v(c.tile.batch, c.tile.kv_head, first, 0);
+    if (!c.plan().pack_values) {
+      f(src, v.stride(2));
+      return;
+    }
+    pack_rows(src, v.stride(2), count, a.problem.value_dim, c.call.sizes.dv_pad, c.ws.values.data());
+    f(static_cast<const T*>(c.ws.values.data()), c.call.sizes.dv_pad);
+  });
+}
+
+/// Writes row r of a tile's output, out(batch, head, position, 0..value_dim): values[d] or,
+/// with `second`, values[d] − λ·second[d]; converted to out's element type.
+template <class T>
+void write_output_row(const TileContext<T>& c, index_t r, const T* values, const T* second, T lambda) {
+  const FusedArgs<T>& a = c.args();
+  const AttentionProblem& p = a.problem;
+  const QueryTile& tile = c.tile;
+  a.out.visit([&](const auto& out) {
+    auto* dst = &out(tile.batch, tile.head(p, r), tile.position(r), 0);
+    using E = std::remove_pointer_t<decltype(dst)>;
+    if (second == nullptr) {
+      if constexpr (std::is_same_v<T, E>) {
+        std::copy(values, values + p.value_dim, dst);
+      } else {
+        for (index_t d = 0; d < p.value_dim; ++d) dst[d] = convert_element<E>(values[d]);
+      }
+      return;
+    }
+    for (index_t d = 0; d < p.value_dim; ++d) dst[d] = convert_element<E>(values[d] - lambda * second[d]);
+  });
 }
 
 }  // namespace detail

@@ -55,7 +55,7 @@ void diff_two_pass_tile(const TileContext<T>& c) {
   // One map's key tile [j0, j0 + count): 2^(s − m) into its workspace slice `e`, (m, l)
   // updated and the m it used recorded. Streaming: scores and exponentials in the L1
   // tile, then streamed out.
-  auto map_tile = [&](TensorView<const T, 4> k, const T* qt, T* m, T* l, T* workspace, T* tile_max, index_t j0,
+  auto map_tile = [&](const ElementView<T>& k, const T* qt, T* m, T* l, T* workspace, T* tile_max, index_t j0,
                       index_t count, index_t t) {
     T* e = workspace + j0 * rows_pad;
     T* work = plan.stream_workspace ? ws.p_tile.data() : e;
@@ -97,13 +97,12 @@ void diff_two_pass_tile(const TileContext<T>& c) {
         (B::load_unaligned(e1 + at) * f1 - B::load_unaligned(e2 + at) * f2).store_unaligned(pt + at);
       }
     }
-    index_t v_stride = 0;
-    const T* v = value_rows(c, j0, count, v_stride);
-    value_tile(pt, rows_pad, index_t{1}, rows, count, v, v_stride, sz.dv_pad, ws.acc1.data(), sz.dv_pad);
+    with_value_rows(c, j0, count, [&](const auto* v, index_t v_stride) {
+      value_tile(pt, rows_pad, index_t{1}, rows, count, v, v_stride, sz.dv_pad, ws.acc1.data(), sz.dv_pad);
+    });
   }
   for (index_t r = 0; r < rows; ++r) {
-    const T* acc = ws.acc1.data() + r * sz.dv_pad;
-    std::copy(acc, acc + p.value_dim, &a.out(tile.batch, tile.head(p, r), tile.position(r), 0));
+    write_output_row(c, r, ws.acc1.data() + r * sz.dv_pad, static_cast<const T*>(nullptr), T(0));
   }
 }
 

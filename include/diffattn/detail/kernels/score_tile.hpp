@@ -12,6 +12,7 @@
 
 #include "diffattn/detail/kernels/blocking.hpp"
 #include "diffattn/detail/simd.hpp"
+#include "diffattn/half.hpp"
 #include "diffattn/tensor.hpp"
 
 DIFFATTN_SIMD_WARNINGS_PUSH
@@ -116,8 +117,8 @@ void score_tile(const T* k, index_t k_stride, index_t keys, const T* qt, index_t
 /// than a batch has lanes: the transposed kernel would compute mostly padding. q is packed
 /// row-major [R, depth]; the depth tail (depth % lanes) runs scalar. One horizontal add
 /// per (key, row) ends each dot product.
-template <class T, int MR, int R>
-inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t depth, T* st,
+template <class T, class E, int MR, int R>
+inline void score_block_dot(const E* k, index_t k_stride, const T* q, index_t depth, T* st,
                             index_t key_stride, index_t row_stride) {
   using B = native_batch<T>;
   constexpr index_t lanes = static_cast<index_t>(B::size);
@@ -137,9 +138,9 @@ inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t de
   for (int m = 0; m < MR; ++m) {
     B acc[R];
     for (int r = 0; r < R; ++r) acc[r] = B(T(0));
-    const T* key_row = k + m * k_stride;
+    const E* key_row = k + m * k_stride;
     for (index_t c = 0; c < whole; c += lanes) {
-      B key = B::load_unaligned(key_row + c);
+      B key = simd_load<B>(key_row + c);
       keep_in_register(key);
       for (int r = 0; r < R; ++r) acc[r] = simd_fma(key, B::load_unaligned(q + r * depth + c), acc[r]);
     }
@@ -159,14 +160,16 @@ inline void score_block_dot(const T* k, index_t k_stride, const T* q, index_t de
     for (int r = 0; r < R; ++r) {
       T& score = st[m * key_stride + r * row_stride];
       T sum = score;
-      for (index_t c = whole; c < depth; ++c) sum = std::fma(k[m * k_stride + c], q[r * depth + c], sum);
+      for (index_t c = whole; c < depth; ++c) {
+        sum = std::fma(convert_element<T>(k[m * k_stride + c]), q[r * depth + c], sum);
+      }
       score = sum;
     }
   }
 }
 
-template <class T, int R>
-void score_rows_dot(const T* k, index_t k_stride, index_t keys, const T* q, index_t depth, T* st,
+template <class T, class E, int R>
+void score_rows_dot(const E* k, index_t k_stride, index_t keys, const T* q, index_t depth, T* st,
                     index_t key_stride, index_t row_stride) {
   // MR·R accumulators next to a key vector in the register file, as many as one add tree
   // of simd_sums takes: 16 (15 for R = 3) of AVX-512's 32 registers; 8 or 9 of AVX2's 16
@@ -176,27 +179,28 @@ void score_rows_dot(const T* k, index_t k_stride, index_t keys, const T* q, inde
                                                   : (R == 1 ? 8 : R == 2 ? 4 : R == 3 ? 3 : 2);
   index_t j = 0;
   for (; j + MR <= keys; j += MR) {
-    score_block_dot<T, MR, R>(k + j * k_stride, k_stride, q, depth, st + j * key_stride, key_stride, row_stride);
+    score_block_dot<T, E, MR, R>(k + j * k_stride, k_stride, q, depth, st + j * key_stride, key_stride, row_stride);
   }
   for (; j < keys; ++j) {
-    score_block_dot<T, 1, R>(k + j * k_stride, k_stride, q, depth, st + j * key_stride, key_stride, row_stride);
+    score_block_dot<T, E, 1, R>(k + j * k_stride, k_stride, q, depth, st + j * key_stride, key_stride, row_stride);
   }
 }
 
 /// Scores of K [keys, depth] against Q [rows, depth] (packed row-major), 4 query rows at
 /// a time: score (key j, row r) at st[j·key_stride + r·row_stride], so the same kernel
-/// writes Sᵀ (key_stride = the row count) or S (row_stride = the keys per row).
-template <class T>
-void score_tile_dot(const T* k, index_t k_stride, index_t keys, const T* q, index_t rows,
+/// writes Sᵀ (key_stride = the row count) or S (row_stride = the keys per row). K rows
+/// hold T, or (T = float) bf16 or f16, converted as they load.
+template <class T, class E>
+void score_tile_dot(const E* k, index_t k_stride, index_t keys, const T* q, index_t rows,
                     index_t depth, T* st, index_t key_stride, index_t row_stride) {
   for (index_t r = 0; r < rows; r += 4) {
     const T* q_rows = q + r * depth;
     T* st_rows = st + r * row_stride;
     switch (std::min<index_t>(rows - r, 4)) {
-      case 4: score_rows_dot<T, 4>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
-      case 3: score_rows_dot<T, 3>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
-      case 2: score_rows_dot<T, 2>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
-      default: score_rows_dot<T, 1>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
+      case 4: score_rows_dot<T, E, 4>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
+      case 3: score_rows_dot<T, E, 3>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
+      case 2: score_rows_dot<T, E, 2>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
+      default: score_rows_dot<T, E, 1>(k, k_stride, keys, q_rows, depth, st_rows, key_stride, row_stride); break;
     }
   }
 }

@@ -1,6 +1,7 @@
 #pragma once
 /// The P·V micro-kernel: O = O·keep + (P·V)·add for one tile, with P as the score
-/// kernels leave it (Pᵀ for prefill tiles, P for decoding tiles) and V rows read in place.
+/// kernels leave it (Pᵀ for prefill tiles, P for decoding tiles) and V rows read in place:
+/// of T, or (T = float) of bf16 or f16, converted as they load (simd_load).
 /// Each output sums its keys in order, chunk by chunk, whatever the blocking.
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 
 #include "diffattn/detail/kernels/blocking.hpp"
 #include "diffattn/detail/simd.hpp"
+#include "diffattn/half.hpp"
 #include "diffattn/tensor.hpp"
 
 DIFFATTN_SIMD_WARNINGS_PUSH
@@ -36,8 +38,8 @@ struct RowScales {
 
 /// o[m][d] = o[m][d]·keep[m] + (Σ_j p(j, m)·v[j][d])·add[m] for m < MR rows and
 /// d < NV·lanes, with the weight of key j for row m at pt[j·pt_stride + m·pt_row_stride].
-template <class T, int MR, int NV>
-inline void value_block(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
+template <class T, class E, int MR, int NV>
+inline void value_block(const T* pt, index_t pt_stride, index_t pt_row_stride, const E* v,
                         index_t v_stride, index_t keys, T* o, index_t o_stride, RowScales<T> scales) {
   using B = native_batch<T>;
   constexpr index_t lanes = static_cast<index_t>(B::size);
@@ -47,7 +49,7 @@ inline void value_block(const T* pt, index_t pt_stride, index_t pt_row_stride, c
   for (index_t j = 0; j < keys; ++j) {
     B values[NV];
     for (int n = 0; n < NV; ++n) {
-      values[n] = B::load_unaligned(v + j * v_stride + n * lanes);
+      values[n] = simd_load<B>(v + j * v_stride + n * lanes);
       keep_in_register(values[n]);
     }
     for (int m = 0; m < MR; ++m) {
@@ -66,23 +68,23 @@ inline void value_block(const T* pt, index_t pt_stride, index_t pt_row_stride, c
 }
 
 /// value_block over the whole width for MR rows: blocks of NV vectors, then single ones.
-template <class T, int MR, int NV>
-inline void value_row_block(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
+template <class T, class E, int MR, int NV>
+inline void value_row_block(const T* pt, index_t pt_stride, index_t pt_row_stride, const E* v,
                             index_t v_stride, index_t keys, index_t width, T* o, index_t o_stride,
                             RowScales<T> scales) {
   constexpr index_t lanes = micro_blocking<T>::lanes;
   index_t d = 0;
   for (; d + NV * lanes <= width; d += NV * lanes) {
-    value_block<T, MR, NV>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride, scales);
+    value_block<T, E, MR, NV>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride, scales);
   }
   if constexpr (NV > micro_blocking<T>::value_vectors) {  // a lone row: keep 4+ chains
     for (; d + micro_blocking<T>::value_vectors * lanes <= width; d += micro_blocking<T>::value_vectors * lanes) {
-      value_block<T, MR, micro_blocking<T>::value_vectors>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys,
+      value_block<T, E, MR, micro_blocking<T>::value_vectors>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys,
                                                            o + d, o_stride, scales);
     }
   }
   for (; d < width; d += lanes) {
-    value_block<T, MR, 1>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride, scales);
+    value_block<T, E, MR, 1>(pt, pt_stride, pt_row_stride, v + d, v_stride, keys, o + d, o_stride, scales);
   }
 }
 
@@ -91,8 +93,8 @@ inline void value_row_block(const T* pt, index_t pt_stride, index_t pt_row_strid
 /// sums in L1 rather than registers: each V row is read once, whole (up to
 /// value_by_key_panel_bytes) and in address order. For register files of 16 (AVX2, SSE);
 /// see value_tile.
-template <class T, int R>
-void value_rows_by_key(const T* pt, index_t pt_stride, index_t pt_row_stride, const T* v,
+template <class T, class E, int R>
+void value_rows_by_key(const T* pt, index_t pt_stride, index_t pt_row_stride, const E* v,
                        index_t v_stride, index_t keys, index_t width, T* o, index_t o_stride,
                        RowScales<T> scales) {
   using B = native_batch<T>;
@@ -106,9 +108,9 @@ void value_rows_by_key(const T* pt, index_t pt_stride, index_t pt_row_stride, co
     for (index_t j = 0; j < keys; ++j) {
       B weights[R];
       for (int r = 0; r < R; ++r) weights[r] = B(pt[j * pt_stride + r * pt_row_stride]);
-      const T* row = v + j * v_stride + d0;
+      const E* row = v + j * v_stride + d0;
       for (index_t d = 0; d < span; d += lanes) {
-        B values = B::load_unaligned(row + d);
+        B values = simd_load<B>(row + d);
         keep_in_register(values);
         for (int r = 0; r < R; ++r) {
           simd_fma(weights[r], values, B::load_unaligned(sums[r] + d)).store_unaligned(sums[r] + d);
@@ -130,38 +132,38 @@ void value_rows_by_key(const T* pt, index_t pt_stride, index_t pt_row_stride, co
 /// two rows at a time keep 16 accumulators and a 512-byte run of each V row in registers
 /// (value_row_block with 8 vectors), and each pair re-reads the V tile; with 16 registers,
 /// value_rows_by_key.
-template <class T>
+template <class T, class E>
 void value_few_rows(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
-                    const T* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales) {
+                    const E* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales) {
   if constexpr (micro_blocking<T>::wide_file) {
     for (index_t r = 0; r < rows; r += 2) {
       const T* p_rows = pt + r * pt_row_stride;
       T* o_rows = o + r * o_stride;
       if (rows - r >= 2) {
-        value_row_block<T, 2, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o_rows, o_stride,
+        value_row_block<T, E, 2, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o_rows, o_stride,
                                  scales.from_row(r));
       } else {
-        value_row_block<T, 1, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o_rows, o_stride,
+        value_row_block<T, E, 1, 8>(p_rows, pt_stride, pt_row_stride, v, v_stride, keys, width, o_rows, o_stride,
                                  scales.from_row(r));
       }
     }
   } else {
     switch (rows) {
-      case 1: value_rows_by_key<T, 1>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
-      case 2: value_rows_by_key<T, 2>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
-      case 3: value_rows_by_key<T, 3>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
+      case 1: value_rows_by_key<T, E, 1>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
+      case 2: value_rows_by_key<T, E, 2>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
+      case 3: value_rows_by_key<T, E, 3>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
       default:
         static_assert(value_few_rows_max == 4);
-        value_rows_by_key<T, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales);
+        value_rows_by_key<T, E, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales);
         return;
     }
   }
 }
 
 /// value_tile for one chunk of at most value_chunk_keys keys.
-template <class T>
+template <class T, class E>
 void value_chunk(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
-                 const T* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales) {
+                 const E* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales) {
   if (rows <= value_few_rows_max) {
     value_few_rows(pt, pt_stride, pt_row_stride, rows, keys, v, v_stride, width, o, o_stride, scales);
     return;
@@ -185,15 +187,15 @@ void value_chunk(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t 
   if (rows % 2 == 0 && (rows - six_rows) % 4 != 0 && six_rows > 0) six_rows -= MR;
   index_t r = 0;
   for (; r < six_rows; r += MR) {
-    value_row_block<T, MR, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+    value_row_block<T, E, MR, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
                                o + r * o_stride, o_stride, scales.from_row(r));
   }
   for (; r + 4 <= rows; r += 4) {
-    value_row_block<T, 4, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+    value_row_block<T, E, 4, NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
                               o + r * o_stride, o_stride, scales.from_row(r));
   }
   for (; r < rows; ++r) {
-    value_row_block<T, 1, 2 * NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
+    value_row_block<T, E, 1, 2 * NV>(pt + r * pt_row_stride, pt_stride, pt_row_stride, v, v_stride, keys, width,
                                   o + r * o_stride, o_stride, scales.from_row(r));
   }
 }
@@ -220,9 +222,9 @@ void value_chunk(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t 
 /// bottleneck instead, so two rows at a time stay in registers (docs/tuning.md,
 /// "value_few_rows"). Each output sums its keys in order, chunk by chunk, whatever the
 /// blocking.
-template <class T>
+template <class T, class E>
 void value_tile(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
-                const T* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales = {}) {
+                const E* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales = {}) {
   // At least one chunk, so that O is scaled even when there are no keys.
   index_t j0 = 0;
   do {

@@ -11,6 +11,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "diffattn/detail/simd/x86.hpp"
+#include "diffattn/half.hpp"
 
 namespace diffattn {
 namespace detail {
@@ -31,6 +32,13 @@ void stream_store(T* dst, const xsimd::batch<T, A>& b, xsimd::kernel::requires_a
 
 template <class T, class A>
 void keep_in_register(xsimd::batch<T, A>&, xsimd::kernel::requires_arch<xsimd::generic>) {}
+
+template <class T, class A, class E>
+void load_converted(const E* p, xsimd::batch<T, A>& out, xsimd::kernel::requires_arch<xsimd::generic>) {
+  alignas(64) T lanes[xsimd::batch<T, A>::size];
+  for (std::size_t i = 0; i < xsimd::batch<T, A>::size; ++i) lanes[i] = convert_element<T>(p[i]);
+  out = xsimd::batch<T, A>::load_aligned(lanes);
+}
 
 }  // namespace simd_kernel
 
@@ -78,6 +86,16 @@ xsimd::batch<T, A> simd_replace_equal(const xsimd::batch<T, A>& x, T match, T re
 template <class T, class A>
 void keep_in_register(xsimd::batch<T, A>& b) {
   simd_kernel::keep_in_register(b, A{});
+}
+/// `size` elements of E (T itself, or bf16/f16 for float) from p, converted to T in
+/// registers where the architecture can: half-precision K/V rows are read at half the bytes.
+template <class T, class A, class E>
+void load_converted(const E* p, xsimd::batch<T, A>& out) {
+  if constexpr (std::is_same_v<T, E>) {
+    out = xsimd::batch<T, A>::load_unaligned(p);
+  } else {
+    simd_kernel::load_converted(p, out, A{});
+  }
 }
 /// A non-temporal store of `b` to `dst`, aligned to the batch width, where the
 /// architecture has one (the line goes to memory without being read first and without

@@ -6,6 +6,9 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <type_traits>
+
+#include "diffattn/half.hpp"
 
 namespace diffattn {
 namespace detail {
@@ -60,6 +63,11 @@ scalar_batch<T> simd_ratio_or_zero(scalar_batch<T> num, scalar_batch<T> den) {
 template <class T>
 scalar_batch<T> simd_replace_equal(scalar_batch<T> x, T match, T replacement) {
   return x.value == match ? scalar_batch<T>(replacement) : x;
+}
+/// One element of E (T itself, or bf16/f16 for float) read as T.
+template <class T, class E>
+void load_converted(const E* p, scalar_batch<T>& out) {
+  out = scalar_batch<T>(convert_element<T>(*p));
 }
 /// No register pinning to do for one lane.
 template <class T>

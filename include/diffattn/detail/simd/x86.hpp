@@ -1,10 +1,12 @@
 #pragma once
 /// The x86 forms of the SIMD vocabulary, chosen by xsimd's architecture tags (SSE2/SSE3,
 /// AVX/AVX2, AVX-512 form three families of tags) over the generic forms in generic.hpp.
-/// Room for more instruction-set kernels (e.g. AVX512_BF16 dot products) goes here.
+/// Half-precision rows convert to float here as they load: bf16 is the high half of a
+/// float (a 16-bit shift), f16 takes F16C's or AVX-512's conversion.
 
 #include <type_traits>
 
+#include <Eigen/Core>
 #include <xsimd/xsimd.hpp>
 
 #if defined(__SSE2__)
@@ -101,6 +103,33 @@ void keep_in_register(xsimd::batch<T, A>& b, xsimd::kernel::requires_arch<xsimd:
 template <class T, class A>
 void keep_in_register(xsimd::batch<T, A>& b, xsimd::kernel::requires_arch<xsimd::avx512f>) {
   asm volatile("" : "+x"(b.data));
+}
+#endif
+
+// bf16 → float: zero-extend each 16-bit pattern to 32 bits and shift it to the top.
+#if defined(__AVX512F__)
+template <class A>
+void load_converted(const Eigen::bfloat16* p, xsimd::batch<float, A>& out,
+                    xsimd::kernel::requires_arch<xsimd::avx512f>) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  out = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+template <class A>
+void load_converted(const Eigen::half* p, xsimd::batch<float, A>& out, xsimd::kernel::requires_arch<xsimd::avx512f>) {
+  out = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+#endif
+#if defined(__AVX2__)
+template <class A>
+void load_converted(const Eigen::bfloat16* p, xsimd::batch<float, A>& out, xsimd::kernel::requires_arch<xsimd::avx2>) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  out = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+#endif
+#if defined(__F16C__)
+template <class A>
+void load_converted(const Eigen::half* p, xsimd::batch<float, A>& out, xsimd::kernel::requires_arch<xsimd::avx>) {
+  out = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 #endif
 
