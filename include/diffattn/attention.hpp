@@ -49,6 +49,27 @@
 /// (differential); double 1.1e-15 against the reference. tests/test_fused.cpp enforces the
 /// bound (with ε_logit = 0 for random inputs) over 2,200 random cases per type and on
 /// adversarial inputs.
+///
+/// Element types: every tensor float, or every tensor double; or, computing in float, q
+/// of float, bf16 or f16 (q1 and q2 one type), k and v of one of those, and out of float
+/// or of q's type (diffattn::bf16 and f16, half.hpp), with λ and the mask float. Products,
+/// softmax statistics and sums are fp32 whatever the storage; half-precision K/V rows are
+/// converted in registers as they load (decoding) or as a tile packs them (prefill).
+///
+/// Half-precision accuracy, against diffattn::reference run in double on the same values:
+///   |out − ref| <= (1 + |λ|max)·max|V|·(ε_sum + 2·ε_logit + ε_P + u_out)
+/// - ε_sum and ε_logit as for float (u = 2⁻²⁴): bf16 and f16 values are exact in float, so
+///   the float bound holds for what the kernels compute from them.
+/// - u_out: the result rounded to out's type, 0 for float, 2⁻⁸ for bf16 (8 significant
+///   bits) and 2⁻¹¹ for f16, relative to |out| <= (1 + |λ|)·max|V|.
+/// - ε_P = 2⁻⁸ where the P·V product takes the weights rounded to bf16 (q and k/v both
+///   bf16 on CPUs with AVX512_BF16, whose vdpbf16ps multiplies pairs of bf16), else 0.
+///   Rounding to nearest moves each weight p by at most 2⁻⁸·|p| (2⁻¹⁰·|p| on average),
+///   so the output by at most 2⁻⁸·Σ_j |p_j|·max|V|, and Σ_j |p_j| <= 1 + |λ|. (vdpbf16ps
+///   also flushes subnormal products to zero: below 2⁻¹²⁶ each, nothing at this scale.)
+/// Fully masked rows give zeros and ±1e30 logits do not overflow, as for float: bf16 has
+/// float's range and f16 values are finite by type. tests/test_fused_half.cpp enforces
+/// the bound for seven type mixes over the random cases of test_fused.cpp.
 
 #include <type_traits>
 

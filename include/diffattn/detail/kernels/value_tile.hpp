@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
 
 #include "diffattn/detail/kernels/blocking.hpp"
 #include "diffattn/detail/simd.hpp"
@@ -136,6 +137,14 @@ template <class T, class E>
 void value_few_rows(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
                     const E* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales) {
   if constexpr (micro_blocking<T>::wide_file) {
+    if constexpr (!std::is_same_v<T, E>) {
+      // Half-precision V: every row in one pass, so each element is converted once.
+      switch (rows) {
+        case 3: value_row_block<T, E, 3, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
+        case 4: value_row_block<T, E, 4, 4>(pt, pt_stride, pt_row_stride, v, v_stride, keys, width, o, o_stride, scales); return;
+        default: break;
+      }
+    }
     for (index_t r = 0; r < rows; r += 2) {
       const T* p_rows = pt + r * pt_row_stride;
       T* o_rows = o + r * o_stride;
