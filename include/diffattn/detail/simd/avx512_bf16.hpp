@@ -93,8 +93,12 @@ inline void keep_in_register(__m512i&) {}
 /// st[m][r] (+)= Σ_p k[m] pair p · q[r] pair p, for m < MR keys, r < NR·16 rows, over
 /// `depth` elements (pairs, then the lone last element of an odd depth). Scale multiplies
 /// by factor before the store: the last depth panel does it.
+///
+/// Out of line: inlined into its caller next to the odd-depth step and the other blocks,
+/// GCC 12 kept accumulators on the stack, a store and a store-to-load chain per
+/// vdpbf16ps (docs/tuning.md, "score_tile_bf16, value_tile_bf16").
 template <int MR, int NR, bool Accumulate, bool Scale>
-inline void score_block(const bf16* k, index_t k_stride, const std::uint32_t* qp, index_t rows_pad,
+[[gnu::noinline]] void score_block(const bf16* k, index_t k_stride, const std::uint32_t* qp, index_t rows_pad,
                         index_t depth, float factor, float* st, index_t st_stride) {
   __m512 acc[MR][NR];
   for (int m = 0; m < MR; ++m)
@@ -172,9 +176,10 @@ void score_panel(const bf16* k, index_t k_stride, index_t keys, const std::uint3
 }
 
 /// o[m][d] = o[m][d]·keep[m] + (Σ_p pair p of row m · pair p of v[d])·add[m] for m < MR
-/// rows and d < NV·16, the row's pair p at pp[p·pp_stride + m].
+/// rows and d < NV·16, the row's pair p at pp[p·pp_stride + m]. Out of line, as
+/// score_block.
 template <int MR, int NV>
-inline void value_block(const std::uint32_t* pp, index_t pp_stride, const std::uint32_t* vp, index_t vp_stride,
+[[gnu::noinline]] void value_block(const std::uint32_t* pp, index_t pp_stride, const std::uint32_t* vp, index_t vp_stride,
                         index_t pairs, float* o, index_t o_stride, RowScales<float> scales) {
   __m512 acc[MR][NV];
   for (int m = 0; m < MR; ++m)
