@@ -111,7 +111,9 @@ TEST_F(Bf16Tiles, PackWeightPairsRoundsToNearestEvenAsEigen) {
   for (int i = 0; i < 400; ++i) {
     const std::uint32_t high = static_cast<std::uint32_t>(draw(rng, 0x0080, 0x7F7F)) |
                                (i % 2 == 0 ? 0u : 0x8000u);
-    for (std::uint32_t low : {0x8000u, 0x7FFFu, 0x8001u, 0x0000u, 0xFFFFu}) values.push_back(float_from_bits(high << 16 | low));
+    for (std::uint32_t low : {0x8000u, 0x7FFFu, 0x8001u, 0x0000u, 0xFFFFu}) {
+      values.push_back(float_from_bits(high << 16 | low));
+    }
   }
   for (int i = 0; i < 2000; ++i) values.push_back(float_from_bits(static_cast<std::uint32_t>(rng())));
   const float inf = std::numeric_limits<float>::infinity();
@@ -121,7 +123,9 @@ TEST_F(Bf16Tiles, PackWeightPairsRoundsToNearestEvenAsEigen) {
     values.push_back(x);
   }
   // NaNs: quiet, signalling (low payload only, which truncation alone would make inf), negative.
-  for (std::uint32_t bits : {0x7FC00000u, 0x7F800001u, 0xFF800001u, 0x7FFFFFFFu}) values.push_back(float_from_bits(bits));
+  for (std::uint32_t bits : {0x7FC00000u, 0x7F800001u, 0xFF800001u, 0x7FFFFFFFu}) {
+    values.push_back(float_from_bits(bits));
+  }
 
   // Pᵀ [keys, rows_pad] with a row stride past rows_pad and an odd number of keys.
   constexpr index_t rows_pad = 48, pt_stride = 53;
@@ -129,7 +133,8 @@ TEST_F(Bf16Tiles, PackWeightPairsRoundsToNearestEvenAsEigen) {
   std::vector<float> pt(static_cast<std::size_t>(keys * pt_stride), std::numeric_limits<float>::quiet_NaN());
   for (index_t j = 0; j < keys; ++j)
     for (index_t r = 0; r < rows_pad; ++r)
-      pt[static_cast<std::size_t>(j * pt_stride + r)] = values[static_cast<std::size_t>(j * rows_pad + r) % values.size()];
+      pt[static_cast<std::size_t>(j * pt_stride + r)] =
+          values[static_cast<std::size_t>(j * rows_pad + r) % values.size()];
   std::vector<std::uint32_t> pp(static_cast<std::size_t>((keys + 1) / 2 * rows_pad), 0xDEADBEEF);
   kernels::pack_weight_pairs(pt.data(), pt_stride, keys, rows_pad, pp.data());
 
@@ -240,7 +245,8 @@ TEST_F(Bf16Tiles, ScoreTileMatchesDoubleLoop) {
     SCOPED_TRACE(c.describe());
     const ScoreInputs in = score_inputs(c);
     const std::vector<float> st = run_score(c, in);
-    const double bound_factor = rounding_gamma(static_cast<double>(c.depth + 1)) * std::abs(static_cast<double>(c.factor));
+    const double bound_factor =
+        rounding_gamma(static_cast<double>(c.depth + 1)) * std::abs(static_cast<double>(c.factor));
     for (index_t j = 0; j < c.keys; ++j) {
       for (index_t r = 0; r < c.st_stride; ++r) {
         const float got = st[static_cast<std::size_t>(j * c.st_stride + r)];
@@ -289,7 +295,9 @@ TEST_F(Bf16Tiles, ScoreTileSameBitsForAnyBlocking) {
         kernels::score_tile_bf16(in.k.data(), c.k_stride, c.keys, qp.data(), part_rows, depth, c.factor,
                                  st.data() + r0, c.st_stride);
       }
-      for (std::size_t i = 0; i < whole.size(); ++i) ASSERT_EQ(bits_of(st[i]), bits_of(whole[i])) << part_rows << " rows, element " << i;
+      for (std::size_t i = 0; i < whole.size(); ++i) {
+        ASSERT_EQ(bits_of(st[i]), bits_of(whole[i])) << part_rows << " rows, element " << i;
+      }
     }
     // Keys in runs of 1, 2, ..., so every tail length and block boundary moves.
     std::vector<float> st(whole.size(), untouched);
@@ -297,7 +305,9 @@ TEST_F(Bf16Tiles, ScoreTileSameBitsForAnyBlocking) {
       kernels::score_tile_bf16(in.k.data() + j0 * c.k_stride, c.k_stride, std::min(run, c.keys - j0), in.qp.data(),
                                c.rows_pad, depth, c.factor, st.data() + j0 * c.st_stride, c.st_stride);
     }
-    for (std::size_t i = 0; i < whole.size(); ++i) ASSERT_EQ(bits_of(st[i]), bits_of(whole[i])) << "key runs, element " << i;
+    for (std::size_t i = 0; i < whole.size(); ++i) {
+      ASSERT_EQ(bits_of(st[i]), bits_of(whole[i])) << "key runs, element " << i;
+    }
   }
 }
 
@@ -329,13 +339,17 @@ ValueInputs value_inputs(const ValueCase& c) {
   ValueInputs in;
   in.pt.assign(static_cast<std::size_t>(c.keys * c.pt_stride), std::numeric_limits<float>::quiet_NaN());
   for (index_t j = 0; j < c.keys; ++j)
-    for (index_t r = 0; r < c.rows_pad; ++r) in.pt[static_cast<std::size_t>(j * c.pt_stride + r)] = static_cast<float>(unit(rng));
+    for (index_t r = 0; r < c.rows_pad; ++r) {
+      in.pt[static_cast<std::size_t>(j * c.pt_stride + r)] = static_cast<float>(unit(rng));
+    }
   in.v.assign(static_cast<std::size_t>(c.keys * c.v_stride), poison);
   for (index_t j = 0; j < c.keys; ++j)
     for (index_t d = 0; d < c.width; ++d) in.v[static_cast<std::size_t>(j * c.v_stride + d)] = random_bf16(rng, -2, 2);
   in.o.assign(static_cast<std::size_t>(c.rows * c.o_stride), untouched);
   for (index_t r = 0; r < c.rows; ++r)
-    for (index_t d = 0; d < c.width; ++d) in.o[static_cast<std::size_t>(r * c.o_stride + d)] = static_cast<float>(signed_unit(rng));
+    for (index_t d = 0; d < c.width; ++d) {
+      in.o[static_cast<std::size_t>(r * c.o_stride + d)] = static_cast<float>(signed_unit(rng));
+    }
   for (index_t r = 0; r < c.rows; ++r) {
     in.keep.push_back(static_cast<float>(unit(rng)));
     in.add.push_back(static_cast<float>(0.5 + 1.5 * unit(rng)));
@@ -457,7 +471,9 @@ TEST_F(Bf16Tiles, ValueTileSameBitsForAnyBlocking) {
   const ValueInputs in = value_inputs(c);
   const std::vector<float> whole = run_value(c, in);
   const auto expect_same = [&](const std::vector<float>& o, const char* what) {
-    for (std::size_t i = 0; i < whole.size(); ++i) ASSERT_EQ(bits_of(o[i]), bits_of(whole[i])) << what << ", element " << i;
+    for (std::size_t i = 0; i < whole.size(); ++i) {
+      ASSERT_EQ(bits_of(o[i]), bits_of(whole[i])) << what << ", element " << i;
+    }
   };
 
   std::vector<float> o = in.o;

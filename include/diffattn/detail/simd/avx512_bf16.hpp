@@ -1,6 +1,6 @@
 #pragma once
-/// AVX512_BF16 forms of the two tile products: vdpbf16ps multiplies 32 pairs of bf16 per
-/// instruction into 16 fp32 sums, twice the products of an fp32 FMA. Its operands come in
+/// AVX512_BF16 forms of the two tile products: vdpbf16ps adds 32 products of bf16 into 16
+/// fp32 sums per instruction, twice the products of an fp32 FMA. Its operands come in
 /// pairs: a std::uint32_t holding two bf16 bit patterns, the element of lower index in
 /// the low 16 bits. Pairs run along the shared dimension (D for scores, keys for P·V), so
 /// each fp32 lane still holds one output.
@@ -99,7 +99,7 @@ inline void keep_in_register(__m512i&) {}
 /// vdpbf16ps (docs/tuning.md, "score_tile_bf16, value_tile_bf16").
 template <int MR, int NR, bool Accumulate, bool Scale>
 [[gnu::noinline]] void score_block(const bf16* k, index_t k_stride, const std::uint32_t* qp, index_t rows_pad,
-                        index_t depth, float factor, float* st, index_t st_stride) {
+                                   index_t depth, float factor, float* st, index_t st_stride) {
   __m512 acc[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n)
@@ -179,8 +179,9 @@ void score_panel(const bf16* k, index_t k_stride, index_t keys, const std::uint3
 /// rows and d < NV·16, the row's pair p at pp[p·pp_stride + m]. Out of line, as
 /// score_block.
 template <int MR, int NV>
-[[gnu::noinline]] void value_block(const std::uint32_t* pp, index_t pp_stride, const std::uint32_t* vp, index_t vp_stride,
-                        index_t pairs, float* o, index_t o_stride, RowScales<float> scales) {
+[[gnu::noinline]] void value_block(const std::uint32_t* pp, index_t pp_stride, const std::uint32_t* vp,
+                                   index_t vp_stride, index_t pairs, float* o, index_t o_stride,
+                                   RowScales<float> scales) {
   __m512 acc[MR][NV];
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NV; ++n) acc[m][n] = _mm512_setzero_ps();

@@ -1,7 +1,7 @@
 #pragma once
 /// The x86 forms of the SIMD vocabulary, chosen by xsimd's architecture tags (SSE2/SSE3,
 /// AVX/AVX2, AVX-512 form three families of tags) over the generic forms in generic.hpp.
-/// Room for more instruction-set kernels (e.g. AVX512_BF16 dot products) goes here.
+/// Kernels of an instruction-set extension get a file of their own (avx512_bf16.hpp).
 
 #include <type_traits>
 
