@@ -7,6 +7,8 @@
 ///   simd/generic.hpp  the operations on xsimd::batch<T, A>, for any architecture A
 ///   simd/x86.hpp      x86 forms chosen by architecture tag (add-tree sums, streaming stores)
 ///   simd/exp2.hpp     2^x on batches
+///   simd/avx512_bf16.hpp  the tile products on bf16 pairs with AVX512_BF16; not included
+///                     here (it builds on the kernels' blocking), include it where used
 
 #include <algorithm>
 #include <cstddef>

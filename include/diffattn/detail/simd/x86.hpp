@@ -2,7 +2,8 @@
 /// The x86 forms of the SIMD vocabulary, chosen by xsimd's architecture tags (SSE2/SSE3,
 /// AVX/AVX2, AVX-512 form three families of tags) over the generic forms in generic.hpp.
 /// Half-precision rows convert to float here as they load: bf16 is the high half of a
-/// float (a 16-bit shift), f16 takes F16C's or AVX-512's conversion.
+/// float (a 16-bit shift), f16 takes F16C's or AVX-512's conversion. Kernels of an
+/// instruction-set extension get a file of their own (avx512_bf16.hpp).
 
 #include <type_traits>
 
