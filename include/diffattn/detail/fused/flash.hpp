@@ -7,7 +7,10 @@
 /// The key-tile steps are shared with the split decoding items (decode.hpp).
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 
+#include "diffattn/detail/fused/bf16_products.hpp"
 #include "diffattn/detail/fused/online_softmax.hpp"
 #include "diffattn/detail/fused/scores.hpp"
 #include "diffattn/detail/fused/tile.hpp"
@@ -46,6 +49,16 @@ void key_tile_values(const TileContext<T>& c, const T* st1, const T* st2, index_
   const index_t rows = c.rows();
   const index_t dv_pad = c.call.sizes.dv_pad;
   const ScoreLayout layout = c.call.layout;
+  if constexpr (std::is_same_v<T, float>) {
+    if (c.plan().bf16_products) {  // Sᵀ, key_stride = rows_pad
+      const std::uint32_t* vp = value_pairs(c, j0, count);
+      value_pair_tile(c, st1, count, vp, first_state.acc, first_state.keep, first_state.add);
+      if (second_state != nullptr) {
+        value_pair_tile(c, st2, count, vp, second_state->acc, second_state->keep, second_state->add);
+      }
+      return;
+    }
+  }
   with_value_rows(c, j0, count, [&](const auto* v, index_t v_stride) {
     value_tile(st1, layout.key_stride(), layout.row_stride(), rows, count, v, v_stride, dv_pad, first_state.acc,
                dv_pad, RowScales<T>{first_state.keep, first_state.add});

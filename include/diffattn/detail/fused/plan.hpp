@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdlib>
+#include <type_traits>
 
 #include "diffattn/detail/fused/element_views.hpp"
 #include "diffattn/detail/kernels/blocking.hpp"
+#include "diffattn/detail/simd/avx512_bf16.hpp"
 #include "diffattn/detail/simd.hpp"
 #include "diffattn/detail/validation.hpp"
 #include "diffattn/detail/workspace.hpp"
@@ -32,7 +34,7 @@ struct FusedArgs {
 /// P·V product (the bf16 dot-product tiles; attention.hpp states what it costs).
 template <class Q, class KV>
 constexpr bool rounds_weights_to_bf16() {
-  return false;
+  return has_bf16_dot_product && std::is_same_v<Q, bf16> && std::is_same_v<KV, bf16>;
 }
 
 /// How a call's work is done. Every method works on query tiles (QueryTile: the rows of
@@ -79,6 +81,7 @@ enum class ScoreKernel {
 ///   under ScoreKernel::rows_in_lanes (prefill or split); pack_values whenever V rows need
 ///   padding to whole batches, are not adjacent in a prefill tile, or are half precision
 ///   under rows_in_lanes.
+/// - bf16_products: rows_in_lanes only; then pack_keys is false and pack_values true.
 struct FusedPlan {
   static constexpr index_t key_tile = 64;     // keys per tile (two-pass, and prefill)
   /// Decoding tiles: K and V come from memory, and each tile switches the stream from K
@@ -115,6 +118,9 @@ struct FusedPlan {
   /// needs padding.
   bool pack_keys = false;
   bool pack_values = false;
+  /// Both tile products on bf16 pairs (bf16_products.hpp): q and k/v bf16, rows along the
+  /// lanes, AVX512_BF16. K is read in place; pack_values holds V's key pairs.
+  bool bf16_products = false;
   index_t positions_per_tile = 1;  // query positions per tile; rows = group × positions
   index_t tiles_per_group = 0;     // ceil(Nq / positions_per_tile)
   index_t tiles = 0;               // B × Hkv × tiles_per_group
@@ -260,8 +266,10 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   // element there feeds rows/lanes FMAs); tiles of a few rows (depth_in_lanes) read each
   // row once and convert it in registers.
   const bool keys_apart = a.k1.stride(2) != p.head_dim || (a.diff && a.k2.stride(2) != p.head_dim);
+  plan.bf16_products = has_bf16_dot_product && std::is_same_v<T, float> && a.q1.element() == Element::bf16 &&
+                       a.k1.element() == Element::bf16 && !plan.dot_scores();
   const bool half_rows = a.k1.element() != Element::compute && !plan.dot_scores();  // k1, k2, v: one type
-  plan.pack_keys = (!decoding && keys_apart) || half_rows;
+  plan.pack_keys = ((!decoding && keys_apart) || half_rows) && !plan.bf16_products;
   plan.pack_values = sz.pack_values || (!decoding && a.v.stride(2) != p.value_dim) || half_rows;
   plan.threads = resolve_threads(requested_threads, items);
   if (plan.method == Method::two_pass) {

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "diffattn/detail/fused/tile.hpp"
+#include "diffattn/detail/simd/avx512_bf16.hpp"
 #include "diffattn/detail/kernels/score_tile.hpp"
 #include "diffattn/detail/simd.hpp"
 
@@ -29,6 +30,13 @@ void score_products(const TileContext<T>& c, TensorView<const E, 4> k, const T* 
   const index_t depth = k.extent(3);
   const E* keys = &k(tile.batch, tile.kv_head, first, 0);
   const index_t rows_pad = layout.stride;  // Sᵀ only
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<E, bf16>) {
+    if (plan.bf16_products) {
+      score_tile_bf16(keys, k.stride(2), count, pair_storage(q_packed), rows_pad, depth, c.call.logit_factor, st,
+                      rows_pad);
+      return;
+    }
+  }
   if (plan.pack_keys) {
     T* key_buffer = c.ws.keys.data();
     pack_rows(keys, k.stride(2), count, depth, depth, key_buffer);

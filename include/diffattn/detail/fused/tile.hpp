@@ -3,6 +3,8 @@
 /// the query tile, the call and tile contexts, and the packing of Q, K and V rows.
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -50,6 +52,7 @@ template <class T>
 struct ThreadWorkspace {
   ScratchArray<T> qt1, qt2, st1, st2, keys, values, acc1, acc2, stats;
   ScratchArray<T> tile_max, p_tile;  // two-pass diff only
+  ScratchArray<T> pairs;             // plan.bf16_products: the weights of a key tile as bf16 pairs
 
   /// Scratch for tiles of `rows_pad` rows under `plan`.
   void reserve(const AttentionProblem& p, const FusedSizes<T>& sz, const FusedPlan& plan, index_t rows_pad,
@@ -72,6 +75,7 @@ struct ThreadWorkspace {
     }
     if (plan.pack_keys) keys.reserve(size_mul(two_pass ? FusedPlan::key_tile : plan.stream_tile, depth));
     if (plan.pack_values) values.reserve(size_mul(value_keys, sz.dv_pad));
+    if (plan.bf16_products) pairs.reserve(size_mul((value_keys + 1) / 2, rows_pad));
     stats.reserve(size_mul(TileStats<T>::arrays, rows_pad));
     if (diff) {  // two-pass tiles: the max each key tile used, and one tile of P
       tile_max.reserve(size_mul(2, FusedPlan::key_tiles(score_keys), rows_pad));
@@ -164,6 +168,26 @@ void pack_queries(TensorView<const E, 4> q, const AttentionProblem& p, const Que
   for (index_t c = 0; c < depth; ++c) std::fill(packed + c * rows_pad + rows, packed + (c + 1) * rows_pad, T(0));
 }
 
+/// A float workspace array holding bf16 pairs instead (never read as float).
+inline std::uint32_t* pair_storage(float* data) { return reinterpret_cast<std::uint32_t*>(data); }
+inline const std::uint32_t* pair_storage(const float* data) { return reinterpret_cast<const std::uint32_t*>(data); }
+
+/// The tile's Q rows as depth pairs: qp[(c/2)·rows_pad + r] holds q[r][c] in its low half
+/// (even c) or high half (odd c); zero in padding rows and past an odd depth.
+inline void pack_query_pairs(TensorView<const bf16, 4> q, const AttentionProblem& p, const QueryTile& tile,
+                             index_t rows_pad, std::uint32_t* qp) {
+  const index_t rows = p.group * tile.positions(), pairs = (p.head_dim + 1) / 2;
+  std::fill(qp, qp + pairs * rows_pad, std::uint32_t{0});
+  for (index_t r = 0; r < rows; ++r) {
+    const bf16* src = &q(tile.batch, tile.head(p, r), tile.position(r), 0);
+    for (index_t c = 0; c < p.head_dim; ++c) {
+      std::uint16_t bits;
+      std::memcpy(&bits, src + c, sizeof bits);
+      qp[c / 2 * rows_pad + r] |= std::uint32_t{bits} << (c % 2 * 16);
+    }
+  }
+}
+
 /// Packs both maps' queries of the context's tile: into qt1 and qt2, or (split_heads
 /// items, which hold every kv head's tile) at `offset` into them.
 template <class T>
@@ -171,6 +195,13 @@ void pack_tile_queries(const TileContext<T>& c, index_t offset = 0) {
   const FusedArgs<T>& a = c.args();
   auto pack = [&](const ElementView<T>& q, T* packed) {
     q.visit([&](const auto& view) {
+      using E = typename std::decay_t<decltype(view)>::value_type;
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<E, bf16>) {
+        if (c.plan().bf16_products) {
+          pack_query_pairs(view, a.problem, c.tile, c.rows_pad(), pair_storage(packed));
+          return;
+        }
+      }
       pack_queries(view, a.problem, c.tile, c.rows_pad(), c.plan().dot_scores(), c.call.logit_factor, packed);
     });
   };

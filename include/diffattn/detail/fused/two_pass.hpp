@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
+#include "diffattn/detail/fused/bf16_products.hpp"
 #include "diffattn/detail/fused/online_softmax.hpp"
 #include "diffattn/detail/fused/scores.hpp"
 #include "diffattn/detail/fused/tile.hpp"
@@ -95,6 +97,13 @@ void diff_two_pass_tile(const TileContext<T>& c) {
       for (index_t j = 0; j < count; ++j) {
         const index_t at = j * rows_pad + offset;
         (B::load_unaligned(e1 + at) * f1 - B::load_unaligned(e2 + at) * f2).store_unaligned(pt + at);
+      }
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (plan.bf16_products) {
+        value_pair_tile(c, pt, count, value_pairs(c, j0, count), ws.acc1.data(), static_cast<const T*>(nullptr),
+                        static_cast<const T*>(nullptr));
+        continue;
       }
     }
     with_value_rows(c, j0, count, [&](const auto* v, index_t v_stride) {
