@@ -121,6 +121,9 @@ struct FusedPlan {
   /// Both tile products on bf16 pairs (bf16_products.hpp): q and k/v bf16, rows along the
   /// lanes, AVX512_BF16. K is read in place; pack_values holds V's key pairs.
   bool bf16_products = false;
+  /// Decoding tiles' scores on bf16 pairs (score_tile_dot_bf16): q and k/v bf16,
+  /// depth_in_lanes, AVX512_BF16. V rows convert in registers as for any half type.
+  bool bf16_dot_scores = false;
   index_t positions_per_tile = 1;  // query positions per tile; rows = group × positions
   index_t tiles_per_group = 0;     // ceil(Nq / positions_per_tile)
   index_t tiles = 0;               // B × Hkv × tiles_per_group
@@ -266,8 +269,10 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
   // element there feeds rows/lanes FMAs); tiles of a few rows (depth_in_lanes) read each
   // row once and convert it in registers.
   const bool keys_apart = a.k1.stride(2) != p.head_dim || (a.diff && a.k2.stride(2) != p.head_dim);
-  plan.bf16_products = has_bf16_dot_product && std::is_same_v<T, float> && a.q1.element() == Element::bf16 &&
-                       a.k1.element() == Element::bf16 && !plan.dot_scores();
+  const bool bf16_dot = has_bf16_dot_product && std::is_same_v<T, float> && a.q1.element() == Element::bf16 &&
+                       a.k1.element() == Element::bf16;
+  plan.bf16_products = bf16_dot && !plan.dot_scores();
+  plan.bf16_dot_scores = bf16_dot && plan.dot_scores();
   const bool half_rows = a.k1.element() != Element::compute && !plan.dot_scores();  // k1, k2, v: one type
   plan.pack_keys = ((!decoding && keys_apart) || half_rows) && !plan.bf16_products;
   plan.pack_values = sz.pack_values || (!decoding && a.v.stride(2) != p.value_dim) || half_rows;

@@ -44,14 +44,25 @@ void score_products(const TileContext<T>& c, TensorView<const E, 4> k, const T* 
     return;
   }
   const index_t key_stride = k.stride(2);
+  // Score (key j, row r) at st[j·at_key + r·at_row].
+  auto dot_scores = [&](index_t at_key, index_t at_row) {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<E, bf16>) {
+      if (plan.bf16_dot_scores) {
+        score_tile_dot_bf16(keys, key_stride, count, reinterpret_cast<const bf16*>(q_packed), rows, depth,
+                            c.call.logit_factor, st, at_key, at_row);
+        return;
+      }
+    }
+    score_tile_dot(keys, key_stride, count, q_packed, rows, depth, st, at_key, at_row);
+  };
   if (layout.by_row) {
-    score_tile_dot(keys, key_stride, count, q_packed, rows, depth, st, index_t{1}, layout.stride);
+    dot_scores(index_t{1}, layout.stride);
   } else if (plan.dot_scores()) {  // fewer rows than lanes in an Sᵀ tile (two-pass): zero the padding lanes
     using B = native_batch<T>;
     for (index_t j = 0; j < count; ++j) {
       for (index_t r = 0; r < rows_pad; r += micro_blocking<T>::lanes) B(T(0)).store_unaligned(st + j * rows_pad + r);
     }
-    score_tile_dot(keys, key_stride, count, q_packed, rows, depth, st, rows_pad, index_t{1});
+    dot_scores(rows_pad, index_t{1});
   } else if constexpr (std::is_same_v<T, E>) {
     score_tile(keys, key_stride, count, q_packed, rows_pad, rows_pad, depth, st, rows_pad);
   }

@@ -188,6 +188,15 @@ inline void pack_query_pairs(TensorView<const bf16, 4> q, const AttentionProblem
   }
 }
 
+/// The tile's Q rows as they are, row-major [rows, D] (bf16 decoding tiles: the score
+/// kernel scales its fp32 sums).
+inline void pack_query_rows(TensorView<const bf16, 4> q, const AttentionProblem& p, const QueryTile& tile, bf16* packed) {
+  for (index_t r = 0; r < p.group * tile.positions(); ++r) {
+    const bf16* src = &q(tile.batch, tile.head(p, r), tile.position(r), 0);
+    std::copy(src, src + p.head_dim, packed + r * p.head_dim);
+  }
+}
+
 /// Packs both maps' queries of the context's tile: into qt1 and qt2, or (split_heads
 /// items, which hold every kv head's tile) at `offset` into them.
 template <class T>
@@ -199,6 +208,10 @@ void pack_tile_queries(const TileContext<T>& c, index_t offset = 0) {
       if constexpr (std::is_same_v<T, float> && std::is_same_v<E, bf16>) {
         if (c.plan().bf16_products) {
           pack_query_pairs(view, a.problem, c.tile, c.rows_pad(), pair_storage(packed));
+          return;
+        }
+        if (c.plan().bf16_dot_scores) {
+          pack_query_rows(view, a.problem, c.tile, reinterpret_cast<bf16*>(packed));
           return;
         }
       }

@@ -5,6 +5,7 @@
 /// the low 16 bits. Pairs run along the shared dimension (D for scores, keys for P·V), so
 /// each fp32 lane still holds one output.
 ///   score_tile_bf16    Sᵀ = factor·K·Qᵀ, K rows in place, Q packed as depth pairs
+///   score_tile_dot_bf16  scores of a few query rows (decoding), dot products along D
 ///   pack_weight_pairs  fp32 Pᵀ to key pairs of bf16, rounded to nearest even
 ///   pack_value_pairs   bf16 V rows to key pairs
 ///   value_tile_bf16    O = O·keep + (P·V)·add on the packed pairs, as value_tile does
@@ -46,6 +47,8 @@ inline constexpr bool has_bf16_dot_product = false;
 void score_tile_bf16(const bf16* k, index_t k_stride, index_t keys, const std::uint32_t* qp, index_t rows_pad,
                      index_t depth, float factor, float* st, index_t st_stride);
 void pack_weight_pairs(const float* pt, index_t pt_stride, index_t keys, index_t rows_pad, std::uint32_t* pp);
+void score_tile_dot_bf16(const bf16* k, index_t k_stride, index_t keys, const bf16* q, index_t rows, index_t depth,
+                         float factor, float* st, index_t key_stride, index_t row_stride);
 void pack_value_pairs(const bf16* v, index_t v_stride, index_t keys, index_t width, index_t width_pad,
                       std::uint32_t* vp);
 void value_tile_bf16(const std::uint32_t* pp, index_t pp_stride, index_t rows, index_t keys, const std::uint32_t* vp,
@@ -281,6 +284,57 @@ inline __m512i interleave_index(int first, int second) {
   return _mm512_load_si512(index);
 }
 
+
+/// score_block_dot on bf16 (score_tile.hpp): the scores of MR keys against R query rows,
+/// dot products along D, 32 elements per vdpbf16ps; the depth tail of fewer than 32
+/// through masked loads. One add tree per 16 (key, row) sums, then the factor.
+template <int MR, int R>
+[[gnu::noinline]] void score_block_dot(const bf16* k, index_t k_stride, const bf16* q, index_t depth, float factor,
+                                       float* st, index_t key_stride, index_t row_stride) {
+  constexpr int count = MR * R, trees = (count + 15) / 16;
+  __m512 group[trees * 16];
+  for (int i = count; i < trees * 16; ++i) group[i] = _mm512_setzero_ps();
+  const index_t whole = depth / 32 * 32;
+  const __mmask32 tail = static_cast<__mmask32>((std::uint64_t{1} << (depth - whole)) - 1);
+  for (int m = 0; m < MR; ++m) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    const bf16* key_row = k + m * k_stride;
+    for (index_t c = 0; c < whole; c += 32) {
+      __m512i key = _mm512_loadu_si512(key_row + c);
+      keep_in_register(key);
+      for (int r = 0; r < R; ++r) acc[r] = dot_pairs(acc[r], key, _mm512_loadu_si512(q + r * depth + c));
+    }
+    if (tail != 0) {
+      const __m512i key = _mm512_maskz_loadu_epi16(tail, key_row + whole);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = dot_pairs(acc[r], key, _mm512_maskz_loadu_epi16(tail, q + r * depth + whole));
+      }
+    }
+    for (int r = 0; r < R; ++r) group[m * R + r] = acc[r];
+  }
+  for (int tree = 0; tree < trees; ++tree) {
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, _mm512_mul_ps(simd_kernel::sum_rows_avx512(group + tree * 16), _mm512_set1_ps(factor)));
+    for (int i = 0; i < 16 && tree * 16 + i < count; ++i) {
+      const int m = (tree * 16 + i) / R, r = (tree * 16 + i) % R;
+      st[m * key_stride + r * row_stride] = sums[i];
+    }
+  }
+}
+
+template <int R>
+void score_rows_dot(const bf16* k, index_t k_stride, index_t keys, const bf16* q, index_t depth, float factor,
+                    float* st, index_t key_stride, index_t row_stride) {
+  constexpr int MR = R == 1 ? 16 : R == 2 ? 8 : R == 3 ? 5 : 4;  // one add tree, as score_rows_dot
+  index_t j = 0;
+  for (; j + MR <= keys; j += MR) {
+    score_block_dot<MR, R>(k + j * k_stride, k_stride, q, depth, factor, st + j * key_stride, key_stride, row_stride);
+  }
+  for (; j < keys; ++j) {
+    score_block_dot<1, R>(k + j * k_stride, k_stride, q, depth, factor, st + j * key_stride, key_stride, row_stride);
+  }
+}
 }  // namespace bf16_dot
 
 /// Sᵀ [keys, rows_pad] = factor · K [keys, depth] · Qᵀ, with st[j·st_stride + r] the
@@ -310,6 +364,23 @@ inline void score_tile_bf16(const bf16* k, index_t k_stride, index_t keys, const
       bf16_dot::score_panel<true, false>(k + c, k_stride, keys, q_panel, rows_pad, span, factor, st, st_stride);
     } else {
       bf16_dot::score_panel<true, true>(k + c, k_stride, keys, q_panel, rows_pad, span, factor, st, st_stride);
+    }
+  }
+}
+
+/// score_tile_dot on bf16 (decoding tiles, fewer rows than lanes): score (key j, row r)
+/// = factor·Σ_c k[j][c]·q[r][c] at st[j·key_stride + r·row_stride], Q packed row-major
+/// [rows, depth] as bf16 (unscaled), K rows read in place; 4 query rows at a time.
+inline void score_tile_dot_bf16(const bf16* k, index_t k_stride, index_t keys, const bf16* q, index_t rows,
+                                index_t depth, float factor, float* st, index_t key_stride, index_t row_stride) {
+  for (index_t r = 0; r < rows; r += 4) {
+    const bf16* q_rows = q + r * depth;
+    float* st_rows = st + r * row_stride;
+    switch (std::min<index_t>(rows - r, 4)) {
+      case 4: bf16_dot::score_rows_dot<4>(k, k_stride, keys, q_rows, depth, factor, st_rows, key_stride, row_stride); break;
+      case 3: bf16_dot::score_rows_dot<3>(k, k_stride, keys, q_rows, depth, factor, st_rows, key_stride, row_stride); break;
+      case 2: bf16_dot::score_rows_dot<2>(k, k_stride, keys, q_rows, depth, factor, st_rows, key_stride, row_stride); break;
+      default: bf16_dot::score_rows_dot<1>(k, k_stride, keys, q_rows, depth, factor, st_rows, key_stride, row_stride); break;
     }
   }
 }
