@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <diffattn/safetensors.hpp>
@@ -191,30 +193,40 @@ TYPED_TEST(BlockFixtureTest, ForwardMatchesPyTorch) {
   }
 }
 
+/// The output of `block` over x computed through `cache` (empty, x.extent(1) tokens of
+/// room): a 5-token prompt, then one token at a time.
+template <class Block, class T, class Cache>
+Tensor<T, 3> prompt_then_tokens(const Block& block, const Tensor<T, 3>& x, KVCache<Cache>& cache) {
+  const index_t tokens = x.extent(1);
+  Tensor<T, 3> y(x.shape());
+  for (index_t begin = 0; begin < tokens;) {
+    const index_t end = begin == 0 ? 5 : begin + 1;
+    const Tensor<T, 3> part = block.forward(x.view().slice(1, begin, end), cache);
+    diffattn_test::for_each_index(part.shape(), [&](const auto& i) {
+      y(i[0], begin + i[1], i[2]) = part(i[0], i[1], i[2]);
+    });
+    begin = end;
+  }
+  EXPECT_EQ(cache.length(), tokens);
+  return y;
+}
+
+bool is_causal(const Fixture& fixture) {
+  return fixture.standard ? fixture.standard_block.causal : fixture.diff_block.causal;
+}
+
 TYPED_TEST(BlockFixtureTest, IncrementalDecodingMatchesPyTorch) {
   using T = TypeParam;
   for (const Fixture& fixture : fixtures()) {
-    const bool causal =
-        fixture.standard ? fixture.standard_block.causal : fixture.diff_block.causal;
-    if (!causal) continue;
+    if (!is_causal(fixture)) continue;
     SCOPED_TRACE(fixture.name);
     const SafeTensors file = SafeTensors::load(fixture_path(fixture.name));
     const Tensor<T, 3> x = file.tensor<T, 3>("x");
     const Tensor<T, 3> expected = expected_output<T>(file);
-    const index_t tokens = x.extent(1);
     with_fixture_block<T>(fixture, file, [&](const auto& block) {
-      // A 5-token prompt, then one token at a time.
-      auto cache = block.make_cache(x.extent(0), tokens);
-      Tensor<T, 3> y(x.shape());
-      for (index_t begin = 0; begin < tokens;) {
-        const index_t end = begin == 0 ? 5 : begin + 1;
-        const Tensor<T, 3> part = block.forward(x.view().slice(1, begin, end), cache);
-        diffattn_test::for_each_index(part.shape(), [&](const auto& i) {
-          y(i[0], begin + i[1], i[2]) = part(i[0], i[1], i[2]);
-        });
-        begin = end;
-      }
-      EXPECT_EQ(cache.length(), tokens);
+      auto cache = block.make_cache(x.extent(0), x.extent(1));
+      static_assert(std::is_same_v<decltype(cache), KVCache<T>>);
+      const Tensor<T, 3> y = prompt_then_tokens(block, x, cache);
       EXPECT_LE(max_abs_diff(y.view(), expected.view()),
                 pytorch_tolerance<T>(max_abs(expected.view())));
     });
@@ -247,10 +259,10 @@ TEST(BlockFixtures, MetadataAgreesWithTheTable) {
 // Properties with random weights
 
 /// The output of `block` over x, computed `chunks` tokens at a time through a KV cache.
-template <class Block, class T>
-Tensor<T, 3> forward_in_chunks(const Block& block, const Tensor<T, 3>& x,
-                               const std::vector<index_t>& chunks) {
-  auto cache = block.make_cache(x.extent(0), x.extent(1));
+template <class Cache, class Block, class T>
+Tensor<T, 3> forward_in_chunks_with(const Block& block, const Tensor<T, 3>& x,
+                                    const std::vector<index_t>& chunks) {
+  auto cache = block.template make_cache<Cache>(x.extent(0), x.extent(1));
   Tensor<T, 3> y(x.shape());
   index_t begin = 0;
   for (index_t chunk : chunks) {
@@ -261,6 +273,12 @@ Tensor<T, 3> forward_in_chunks(const Block& block, const Tensor<T, 3>& x,
   }
   EXPECT_EQ(cache.length(), begin);
   return y;
+}
+
+template <class Block, class T>
+Tensor<T, 3> forward_in_chunks(const Block& block, const Tensor<T, 3>& x,
+                               const std::vector<index_t>& chunks) {
+  return forward_in_chunks_with<T>(block, x, chunks);
 }
 
 /// Same-implementation comparisons (cache vs full, GQA vs repeated heads): the kernels
@@ -615,6 +633,213 @@ TEST(BlockConfigs, RandomWeightsAreDeterministic) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Half-precision KV caches
+
+/// How a cache element type rounds a float e: to within u·|e| + a, u the unit roundoff
+/// (bf16 keeps 8 significant bits, f16 11) and a half the spacing of its subnormals.
+template <class C>
+struct CacheRounding;
+template <>
+struct CacheRounding<diffattn::bf16> {
+  static double u() { return std::ldexp(1.0, -8); }
+  static double a() { return std::ldexp(1.0, -134); }
+};
+template <>
+struct CacheRounding<diffattn::f16> {
+  static double u() { return std::ldexp(1.0, -11); }
+  static double a() { return std::ldexp(1.0, -25); }
+};
+
+/// x·Wᵀ + b in double, rows [B·N, E] → [B, N, heads, width].
+Tensor<double, 4> project_exact(const Tensor<float, 3>& x, const diffattn::Linear<float>& layer,
+                                index_t heads, index_t width) {
+  const index_t batch = x.extent(0), tokens = x.extent(1);
+  Tensor<double, 4> out({batch, tokens, heads, width});
+  const auto rows = out.view().reshape<3>({batch, tokens, heads * width});
+  diffattn_test::for_each_index(rows.shape(), [&](const auto& i) {
+    double sum = layer.bias.empty() ? 0.0 : static_cast<double>(layer.bias(i[2]));
+    for (index_t c = 0; c < x.extent(2); ++c) {
+      sum += static_cast<double>(x(i[0], i[1], c)) * static_cast<double>(layer.weight(i[2], c));
+    }
+    rows(i[0], i[1], i[2]) = sum;
+  });
+  return out;
+}
+
+/// max_i Σ_j |W_ij|: how much y = h·Wᵀ moves at most when every element of h moves by 1.
+double max_row_sum(const Tensor<float, 2>& w) {
+  double worst = 0;
+  for (index_t i = 0; i < w.extent(0); ++i) {
+    double sum = 0;
+    for (index_t j = 0; j < w.extent(1); ++j) sum += std::abs(static_cast<double>(w(i, j)));
+    worst = std::max(worst, sum);
+  }
+  return worst;
+}
+
+/// An upper bound on max|y_C − y_float| for a causal float block decoding x (from position
+/// 0) from a KVCache<C> instead of a KVCache<float>, in exact arithmetic; the fp32
+/// rounding of the two runs is left to the caller's tolerance. Computed from the block's
+/// weights and x:
+/// - each cached element e becomes ê with |ê − e| <= u·|e| + a (CacheRounding);
+/// - a logit of query q and key k moves by at most δ = scale·Σ_c |q_c|·(u·|k_c| + a) (q
+///   and k after RoPE; the maximum over every query, key and head), so each softmax
+///   weight by a factor within e^(±2δ) and Σ_j |p̂_j − p_j| <= e^(2δ) − 1;
+/// - a map's output Σ_j p_j·v_j then moves by at most (e^(2δ) − 1)·max|v̂| + u·max|v| + a,
+///   and a head's, o1 − λ·o2, by (1 + max|λ|) times that (ε, max|λ| <= 1 for V2's sigmoid);
+/// - V1's per-head RMSNorm h / rms(h) (rms with eps, over the 2d values) moves by at most
+///   2·‖Δh‖₂ / rms(ĥ) in the 2-norm, with ‖Δh‖₂ <= √(2d)·ε and rms(ĥ) >= rms(h) − ε
+///   (rms is 1/√(2d)-Lipschitz), times max|subln.weight·(1 − λ_init)| per element;
+///   rms(h) is taken from the exact head outputs (diffattn::reference in double);
+/// - the output projection multiplies the largest change by max_i Σ_j |Wo_ij|.
+template <class C, class Block>
+double cache_rounding_bound(const Block& block, const Tensor<float, 3>& x) {
+  const double u = CacheRounding<C>::u(), a = CacheRounding<C>::a();
+  const auto& w = block.weights();
+  const auto& config = block.config();
+  constexpr bool standard = std::is_same_v<Block, MultiHeadAttention<float>>;
+  const index_t d = config.head_dim;
+  index_t q_heads = 0, k_heads = 0, v_heads = config.num_kv_heads, v_width = d;
+  bool v1 = false;
+  double max_lambda = 0;
+  if constexpr (standard) {
+    q_heads = config.num_heads;
+    k_heads = config.num_kv_heads;
+  } else {
+    v1 = config.lambda != LambdaMode::v2;
+    q_heads = 2 * config.num_heads;
+    k_heads = v1 ? 2 * config.num_kv_heads : config.num_kv_heads;
+    v_width = v1 ? 2 * d : d;
+    max_lambda = v1 ? max_abs(block.lambda()) : 1.0;
+  }
+  // The key head query head qh reads: its kv head, and in V1 the map of the same parity.
+  auto key_head = [&](index_t qh) -> index_t {
+    if constexpr (standard) {
+      return qh / (config.num_heads / config.num_kv_heads);
+    } else {
+      const index_t kv = (qh / 2) / (config.num_heads / config.num_kv_heads);
+      return v1 ? 2 * kv + qh % 2 : kv;
+    }
+  };
+
+  Tensor<double, 4> q = project_exact(x, w.q_proj, q_heads, d);
+  Tensor<double, 4> k = project_exact(x, w.k_proj, k_heads, d);
+  const Tensor<double, 4> v = project_exact(x, w.v_proj, v_heads, v_width);
+  diffattn::apply_rope(q.view(), 0, config.rope, config.rope_theta);
+  diffattn::apply_rope(k.view(), 0, config.rope, config.rope_theta);
+
+  const index_t batch = x.extent(0), tokens = x.extent(1);
+  double delta = 0;
+  for (index_t b = 0; b < batch; ++b) {
+    for (index_t qh = 0; qh < q_heads; ++qh) {
+      for (index_t i = 0; i < tokens; ++i) {
+        for (index_t j = 0; j < tokens; ++j) {
+          double sum = 0;
+          for (index_t c = 0; c < d; ++c) {
+            sum += std::abs(q(b, i, qh, c)) * (u * std::abs(k(b, j, key_head(qh), c)) + a);
+          }
+          delta = std::max(delta, sum / std::sqrt(static_cast<double>(d)));
+        }
+      }
+    }
+  }
+  const double max_v = max_abs(v.view());
+  const double map_error = std::expm1(2 * delta) * (max_v * (1 + u) + a) + u * max_v + a;
+  const double head_error = (1 + max_lambda) * map_error;
+  double y_error = head_error;
+  if (v1) {
+    if constexpr (!standard) {
+      // The exact head outputs h [B, H, N, 2d], for their smallest rms.
+      const auto [q1, q2] = diffattn::interleaved_pairs(q.view());
+      const auto [k1, k2] = diffattn::interleaved_pairs(k.view());
+      const Tensor<double, 1> lambda = diffattn_test::copy_as<double>(block.lambda());
+      Tensor<double, 4> h({batch, config.num_heads, tokens, v_width});
+      diffattn::AttentionOptions<double> options;
+      options.causal = config.causal;
+      diffattn::reference::diff_attention<double>(q1, q2, k1, k2, diffattn::bnhd_to_bhnd(v.view()),
+                                                  lambda.view(), h.view(), options);
+      double min_rms = std::numeric_limits<double>::infinity();
+      const auto rows = h.view().reshape<2>({h.size() / v_width, v_width});
+      for (index_t r = 0; r < rows.extent(0); ++r) {
+        double squares = 0;
+        for (index_t c = 0; c < v_width; ++c) squares += rows(r, c) * rows(r, c);
+        min_rms = std::min(min_rms, std::sqrt(squares / v_width + Block::subln_eps));
+      }
+      EXPECT_GT(min_rms, head_error) << "the bound needs rms(h) above the head error";
+      const double gain = max_abs(w.subln_weight.view()) * std::abs(1 - block.lambda_init());
+      y_error = gain * 2 * std::sqrt(static_cast<double>(v_width)) * head_error /
+                (min_rms - head_error);
+    }
+  }
+  return max_row_sum(w.out_proj.weight) * y_error;
+}
+
+struct HalfTypeNames {
+  template <class T>
+  static std::string GetName(int) {
+    return std::is_same_v<T, diffattn::bf16> ? "bf16" : "f16";
+  }
+};
+
+template <class C>
+class BlockHalfCacheTest : public ::testing::Test {};
+using HalfTypes = ::testing::Types<diffattn::bf16, diffattn::f16>;
+TYPED_TEST_SUITE(BlockHalfCacheTest, HalfTypes, HalfTypeNames);
+
+// The fixtures' decoding check with the cache in bf16 or f16: within PyTorch's fp32
+// tolerance plus cache_rounding_bound of the fp32 output, and not the fp32 cache's output.
+TYPED_TEST(BlockHalfCacheTest, IncrementalDecodingMatchesPyTorch) {
+  using C = TypeParam;
+  for (const Fixture& fixture : fixtures()) {
+    if (!is_causal(fixture)) continue;
+    SCOPED_TRACE(fixture.name);
+    const SafeTensors file = SafeTensors::load(fixture_path(fixture.name));
+    const Tensor<float, 3> x = file.tensor<float, 3>("x");
+    const Tensor<float, 3> expected = expected_output<float>(file);
+    with_fixture_block<float>(fixture, file, [&](const auto& block) {
+      auto cache = block.template make_cache<C>(x.extent(0), x.extent(1));
+      static_assert(std::is_same_v<decltype(cache), KVCache<C>>);
+      const Tensor<float, 3> y = prompt_then_tokens(block, x, cache);
+      auto float_cache = block.make_cache(x.extent(0), x.extent(1));
+      const Tensor<float, 3> y_float = prompt_then_tokens(block, x, float_cache);
+
+      const double bound = cache_rounding_bound<C>(block, x);
+      const double max_y = max_abs(expected.view());
+      EXPECT_LE(max_abs_diff(y.view(), expected.view()), pytorch_tolerance<float>(max_y) + bound);
+      EXPECT_LE(max_abs_diff(y.view(), y_float.view()), same_math_tolerance<float>(max_y) + bound);
+      EXPECT_GT(max_abs_diff(y.view(), y_float.view()), 0.0) << "the cache did not round";
+    });
+  }
+}
+
+// Random GQA blocks of every kind, decoding token by token from a half cache and from a
+// float cache, agree within cache_rounding_bound (plus reassociation).
+TYPED_TEST(BlockHalfCacheTest, TokenByTokenMatchesAFloatCache) {
+  using C = TypeParam;
+  std::mt19937_64 rng(49);
+  const std::vector<index_t> tokens(9, 1);
+  const Tensor<float, 3> x = random_tensor<float, 3>({2, 9, kEmbed}, rng);
+  auto check = [&](const auto& block) {
+    const Tensor<float, 3> y = forward_in_chunks_with<C>(block, x, tokens);
+    const Tensor<float, 3> y_float = forward_in_chunks_with<float>(block, x, tokens);
+    const double diff = max_abs_diff(y.view(), y_float.view());
+    EXPECT_LE(diff, cache_rounding_bound<C>(block, x) +
+                        same_math_tolerance<float>(max_abs(y_float.view())));
+    EXPECT_GT(diff, 0.0) << "the cache did not round";
+  };
+  {
+    SCOPED_TRACE("standard");
+    const AttentionConfig config = standard_config(8, 2, true, RopeStyle::interleaved);
+    check(MultiHeadAttention<float>(config, examples::random_weights<float>(config, 12)));
+  }
+  for (LambdaMode mode : {LambdaMode::reference, LambdaMode::per_head, LambdaMode::v2}) {
+    SCOPED_TRACE(diffattn::lambda_mode_name(mode));
+    const DiffAttentionConfig config = diff_config(4, 2, 2, true, RopeStyle::half, mode);
+    check(MultiHeadDiffAttention<float>(config, examples::random_weights<float>(config, 13)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Validation
 
 TEST(BlockErrors, ConfigValues) {
@@ -738,6 +963,34 @@ TEST(BlockErrors, ForwardInputsAndCaches) {
   expect_error<diffattn::shape_error>([&] { block.forward(x, standard_cache); },
                                       {"'cache' does not fit this block and batch"});
   EXPECT_EQ(standard_cache.length(), 0);
+}
+
+TEST(BlockErrors, HalfCaches) {
+  // A bf16 or f16 cache is checked as a float one, and a failed call leaves it unchanged.
+  const DiffAttentionConfig config = diff_config(2, 1, 1, true, RopeStyle::half, LambdaMode::v2);
+  const MultiHeadDiffAttention<float> block(config, examples::random_weights<float>(config, 1));
+  const Tensor<float, 3> x({2, 3, kEmbed}, 0.25f);
+  auto other_batch = block.make_cache<diffattn::bf16>(1, 4);
+  expect_error<diffattn::shape_error>(
+      [&] { block.forward(x, other_batch); },
+      {"MultiHeadDiffAttention::forward(x, cache): 'cache' does not fit this block and batch",
+       "B=1", "B=2"});
+  EXPECT_EQ(other_batch.length(), 0);
+  auto small = block.make_cache<diffattn::f16>(2, 2);
+  expect_error<diffattn::shape_error>([&] { block.forward(x, small); },
+                                      {"forward(x, cache): 'x' dimension 1 (N): the cache holds 0 "
+                                       "of 2 tokens, so at most 2 more fit, got 3"});
+  EXPECT_EQ(small.length(), 0);
+  const DiffAttentionConfig v1 = diff_config(2, 1, 1, true, RopeStyle::half, LambdaMode::reference);
+  const MultiHeadDiffAttention<float> v1_block(v1, examples::random_weights<float>(v1, 1));
+  auto v1_cache = v1_block.make_cache<diffattn::bf16>(2, 4);
+  expect_error<diffattn::shape_error>([&] { block.forward(x, v1_cache); },
+                                      {"'cache' does not fit this block and batch"});
+  const MultiHeadAttention<float> standard(config.standard(),
+                                           examples::random_weights<float>(config.standard(), 1));
+  expect_error<diffattn::shape_error>([&] { standard.forward(x, v1_cache); },
+                                      {"MultiHeadAttention::forward(x, cache): 'cache' does not fit"});
+  EXPECT_EQ(v1_cache.length(), 0);
 }
 
 TEST(BlockErrors, FromSafetensors) {
