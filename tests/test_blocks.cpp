@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -666,42 +667,32 @@ Tensor<double, 4> project_exact(const Tensor<float, 3>& x, const diffattn::Linea
   return out;
 }
 
-/// max_i Σ_j |W_ij|: how much y = h·Wᵀ moves at most when every element of h moves by 1.
-double max_row_sum(const Tensor<float, 2>& w) {
-  double worst = 0;
-  for (index_t i = 0; i < w.extent(0); ++i) {
-    double sum = 0;
-    for (index_t j = 0; j < w.extent(1); ++j) sum += std::abs(static_cast<double>(w(i, j)));
-    worst = std::max(worst, sum);
-  }
-  return worst;
-}
-
 /// An upper bound on max|y_C − y_float| for a causal float block decoding x (from position
 /// 0) from a KVCache<C> instead of a KVCache<float>, in exact arithmetic; the fp32
-/// rounding of the two runs is left to the caller's tolerance. Computed from the block's
-/// weights and x:
+/// rounding of the two runs is left to the caller's tolerance. Computed in double from
+/// the block's weights and x, for each token i, batch row and output head:
 /// - each cached element e becomes ê with |ê − e| <= u·|e| + a (CacheRounding);
 /// - a logit of query q and key k moves by at most δ = scale·Σ_c |q_c|·(u·|k_c| + a) (q
-///   and k after RoPE; the maximum over every query, key and head), so each softmax
-///   weight by a factor within e^(±2δ) and Σ_j |p̂_j − p_j| <= e^(2δ) − 1;
-/// - a map's output Σ_j p_j·v_j then moves by at most (e^(2δ) − 1)·max|v̂| + u·max|v| + a,
-///   and a head's, o1 − λ·o2, by (1 + max|λ|) times that (ε, max|λ| <= 1 for V2's sigmoid);
-/// - V1's per-head RMSNorm h / rms(h) (rms with eps, over the 2d values) moves by at most
-///   2·‖Δh‖₂ / rms(ĥ) in the 2-norm, with ‖Δh‖₂ <= √(2d)·ε and rms(ĥ) >= rms(h) − ε
-///   (rms is 1/√(2d)-Lipschitz), times max|subln.weight·(1 − λ_init)| per element;
-///   rms(h) is taken from the exact head outputs (diffattn::reference in double);
-/// - the output projection multiplies the largest change by max_i Σ_j |Wo_ij|.
+///   and k after RoPE; the largest over the keys j <= i), so each softmax weight p_j by a
+///   factor within e^(±2δ) and Σ_j |p̂_j − p_j| <= e^(2δ) − 1 (0 when one key is seen);
+/// - element c of a head h = Σ_j (p1_j − λ·p2_j)·v_j (p2 = 0 for a standard head) then
+///   moves by at most Σ_j |p1_j − λ·p2_j|·(u·|v_jc| + a) (V's rounding) plus
+///   (e^(2δ1) − 1 + |λ|·(e^(2δ2) − 1))·max_j |v̂_jc| (K's);
+/// - y_r = Σ_c Wo_rc·h_c moves by at most Σ_c |Wo_rc|·|Δh_c|. In V1 the per-head RMSNorm
+///   comes first: h / rms(h) (rms with eps over the 2d values) moves by at most
+///   2·‖Δh‖₂ / rms(ĥ) in the 2-norm, where rms(ĥ) >= rms(h) − ‖Δh‖₂/√(2d) (rms is
+///   1/√(2d)-Lipschitz), and is scaled by s = subln.weight·(1 − λ_init): y_r moves by at
+///   most ‖Wo_r,head ∘ s‖₂ times that.
 template <class C, class Block>
 double cache_rounding_bound(const Block& block, const Tensor<float, 3>& x) {
   const double u = CacheRounding<C>::u(), a = CacheRounding<C>::a();
   const auto& w = block.weights();
   const auto& config = block.config();
   constexpr bool standard = std::is_same_v<Block, MultiHeadAttention<float>>;
+  EXPECT_TRUE(config.causal) << "the bound is for causal decoding";
   const index_t d = config.head_dim;
-  index_t q_heads = 0, k_heads = 0, v_heads = config.num_kv_heads, v_width = d;
+  index_t q_heads = 0, k_heads = 0, v_width = d, maps = 1;
   bool v1 = false;
-  double max_lambda = 0;
   if constexpr (standard) {
     q_heads = config.num_heads;
     k_heads = config.num_kv_heads;
@@ -710,68 +701,105 @@ double cache_rounding_bound(const Block& block, const Tensor<float, 3>& x) {
     q_heads = 2 * config.num_heads;
     k_heads = v1 ? 2 * config.num_kv_heads : config.num_kv_heads;
     v_width = v1 ? 2 * d : d;
-    max_lambda = v1 ? max_abs(block.lambda()) : 1.0;
+    maps = 2;
   }
-  // The key head query head qh reads: its kv head, and in V1 the map of the same parity.
-  auto key_head = [&](index_t qh) -> index_t {
-    if constexpr (standard) {
-      return qh / (config.num_heads / config.num_kv_heads);
-    } else {
-      const index_t kv = (qh / 2) / (config.num_heads / config.num_kv_heads);
-      return v1 ? 2 * kv + qh % 2 : kv;
-    }
-  };
+  const index_t out_heads = q_heads / maps, group = out_heads / config.num_kv_heads;
+  const index_t batch = x.extent(0), tokens = x.extent(1);
 
   Tensor<double, 4> q = project_exact(x, w.q_proj, q_heads, d);
   Tensor<double, 4> k = project_exact(x, w.k_proj, k_heads, d);
-  const Tensor<double, 4> v = project_exact(x, w.v_proj, v_heads, v_width);
+  const Tensor<double, 4> v = project_exact(x, w.v_proj, config.num_kv_heads, v_width);
   diffattn::apply_rope(q.view(), 0, config.rope, config.rope_theta);
   diffattn::apply_rope(k.view(), 0, config.rope, config.rope_theta);
+  // λ of output head o at token i of row b.
+  Tensor<double, 4> lambda_v2;
+  if constexpr (!standard) {
+    if (!v1) lambda_v2 = project_exact(x, w.lambda_proj, out_heads, 1);
+  }
+  auto lambda = [&](index_t b, index_t i, index_t o) -> double {
+    if constexpr (standard) {
+      return 0;
+    } else {
+      if (!v1) return 1 / (1 + std::exp(-lambda_v2(b, i, o, 0)));
+      return block.lambda()(block.lambda().extent(0) == 1 ? 0 : o);
+    }
+  };
+  const double scale = 1 / std::sqrt(static_cast<double>(d));
 
-  const index_t batch = x.extent(0), tokens = x.extent(1);
-  double delta = 0;
+  double bound = 0;
   for (index_t b = 0; b < batch; ++b) {
-    for (index_t qh = 0; qh < q_heads; ++qh) {
-      for (index_t i = 0; i < tokens; ++i) {
-        for (index_t j = 0; j < tokens; ++j) {
-          double sum = 0;
-          for (index_t c = 0; c < d; ++c) {
-            sum += std::abs(q(b, i, qh, c)) * (u * std::abs(k(b, j, key_head(qh), c)) + a);
+    for (index_t i = 0; i < tokens; ++i) {
+      // Head outputs h and bounds on their changes Δh, [out_heads, v_width].
+      Tensor<double, 2> h({out_heads, v_width}), dh({out_heads, v_width});
+      for (index_t o = 0; o < out_heads; ++o) {
+        const index_t kv = o / group;
+        std::vector<double> coefficient(static_cast<std::size_t>(i + 1), 0.0);
+        std::vector<double> k_drift(static_cast<std::size_t>(v_width), 0.0);
+        for (index_t m = 0; m < maps; ++m) {
+          const index_t qh = maps * o + m, kh = v1 ? 2 * kv + m : kv;
+          const double factor = m == 0 ? 1 : -lambda(b, i, o);
+          std::vector<double> logits;
+          double delta = 0;
+          for (index_t j = 0; j <= i; ++j) {
+            double logit = 0, drift = 0;
+            for (index_t c = 0; c < d; ++c) {
+              logit += q(b, i, qh, c) * k(b, j, kh, c);
+              drift += std::abs(q(b, i, qh, c)) * (u * std::abs(k(b, j, kh, c)) + a);
+            }
+            logits.push_back(scale * logit);
+            delta = std::max(delta, scale * drift);
           }
-          delta = std::max(delta, sum / std::sqrt(static_cast<double>(d)));
+          const double top = *std::max_element(logits.begin(), logits.end());
+          double total = 0;
+          for (double& l : logits) total += (l = std::exp(l - top));
+          for (index_t j = 0; j <= i; ++j) coefficient[j] += factor * logits[j] / total;
+          const double change = i == 0 ? 0.0 : std::expm1(2 * delta);
+          for (index_t c = 0; c < v_width; ++c) {
+            double max_v = 0;
+            for (index_t j = 0; j <= i; ++j) max_v = std::max(max_v, std::abs(v(b, j, kv, c)));
+            k_drift[c] += std::abs(factor) * change * ((1 + u) * max_v + a);
+          }
+        }
+        for (index_t c = 0; c < v_width; ++c) {
+          double value = 0, v_drift = 0;
+          for (index_t j = 0; j <= i; ++j) {
+            value += coefficient[j] * v(b, j, kv, c);
+            v_drift += std::abs(coefficient[j]) * (u * std::abs(v(b, j, kv, c)) + a);
+          }
+          h(o, c) = value;
+          dh(o, c) = v_drift + k_drift[c];
         }
       }
-    }
-  }
-  const double max_v = max_abs(v.view());
-  const double map_error = std::expm1(2 * delta) * (max_v * (1 + u) + a) + u * max_v + a;
-  const double head_error = (1 + max_lambda) * map_error;
-  double y_error = head_error;
-  if (v1) {
-    if constexpr (!standard) {
-      // The exact head outputs h [B, H, N, 2d], for their smallest rms.
-      const auto [q1, q2] = diffattn::interleaved_pairs(q.view());
-      const auto [k1, k2] = diffattn::interleaved_pairs(k.view());
-      const Tensor<double, 1> lambda = diffattn_test::copy_as<double>(block.lambda());
-      Tensor<double, 4> h({batch, config.num_heads, tokens, v_width});
-      diffattn::AttentionOptions<double> options;
-      options.causal = config.causal;
-      diffattn::reference::diff_attention<double>(q1, q2, k1, k2, diffattn::bnhd_to_bhnd(v.view()),
-                                                  lambda.view(), h.view(), options);
-      double min_rms = std::numeric_limits<double>::infinity();
-      const auto rows = h.view().reshape<2>({h.size() / v_width, v_width});
-      for (index_t r = 0; r < rows.extent(0); ++r) {
-        double squares = 0;
-        for (index_t c = 0; c < v_width; ++c) squares += rows(r, c) * rows(r, c);
-        min_rms = std::min(min_rms, std::sqrt(squares / v_width + Block::subln_eps));
+      // How far each head's change moves y_r.
+      const auto& wo = w.out_proj.weight;
+      for (index_t r = 0; r < wo.extent(0); ++r) {
+        double sum = 0;
+        for (index_t o = 0; o < out_heads; ++o) {
+          if (!v1) {
+            for (index_t c = 0; c < v_width; ++c) {
+              sum += std::abs(static_cast<double>(wo(r, o * v_width + c))) * dh(o, c);
+            }
+            continue;
+          }
+          if constexpr (!standard) {
+            double squares = 0, change = 0, weights = 0;
+            for (index_t c = 0; c < v_width; ++c) {
+              const double s = static_cast<double>(w.subln_weight(c)) * (1 - block.lambda_init());
+              squares += h(o, c) * h(o, c);
+              change += dh(o, c) * dh(o, c);
+              weights += std::pow(static_cast<double>(wo(r, o * v_width + c)) * s, 2);
+            }
+            const double rms = std::sqrt(squares / static_cast<double>(v_width) + Block::subln_eps);
+            const double rms_drop = std::sqrt(change / static_cast<double>(v_width));
+            EXPECT_GT(rms, rms_drop) << "the bound needs rms(h) above its change";
+            sum += std::sqrt(weights) * 2 * std::sqrt(change) / (rms - rms_drop);
+          }
+        }
+        bound = std::max(bound, sum);
       }
-      EXPECT_GT(min_rms, head_error) << "the bound needs rms(h) above the head error";
-      const double gain = max_abs(w.subln_weight.view()) * std::abs(1 - block.lambda_init());
-      y_error = gain * 2 * std::sqrt(static_cast<double>(v_width)) * head_error /
-                (min_rms - head_error);
     }
   }
-  return max_row_sum(w.out_proj.weight) * y_error;
+  return bound;
 }
 
 struct HalfTypeNames {
