@@ -5,10 +5,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <diffattn/safetensors.hpp>
@@ -191,30 +194,40 @@ TYPED_TEST(BlockFixtureTest, ForwardMatchesPyTorch) {
   }
 }
 
+/// The output of `block` over x computed through `cache` (empty, x.extent(1) tokens of
+/// room): a 5-token prompt, then one token at a time.
+template <class Block, class T, class Cache>
+Tensor<T, 3> prompt_then_tokens(const Block& block, const Tensor<T, 3>& x, KVCache<Cache>& cache) {
+  const index_t tokens = x.extent(1);
+  Tensor<T, 3> y(x.shape());
+  for (index_t begin = 0; begin < tokens;) {
+    const index_t end = begin == 0 ? 5 : begin + 1;
+    const Tensor<T, 3> part = block.forward(x.view().slice(1, begin, end), cache);
+    diffattn_test::for_each_index(part.shape(), [&](const auto& i) {
+      y(i[0], begin + i[1], i[2]) = part(i[0], i[1], i[2]);
+    });
+    begin = end;
+  }
+  EXPECT_EQ(cache.length(), tokens);
+  return y;
+}
+
+bool is_causal(const Fixture& fixture) {
+  return fixture.standard ? fixture.standard_block.causal : fixture.diff_block.causal;
+}
+
 TYPED_TEST(BlockFixtureTest, IncrementalDecodingMatchesPyTorch) {
   using T = TypeParam;
   for (const Fixture& fixture : fixtures()) {
-    const bool causal =
-        fixture.standard ? fixture.standard_block.causal : fixture.diff_block.causal;
-    if (!causal) continue;
+    if (!is_causal(fixture)) continue;
     SCOPED_TRACE(fixture.name);
     const SafeTensors file = SafeTensors::load(fixture_path(fixture.name));
     const Tensor<T, 3> x = file.tensor<T, 3>("x");
     const Tensor<T, 3> expected = expected_output<T>(file);
-    const index_t tokens = x.extent(1);
     with_fixture_block<T>(fixture, file, [&](const auto& block) {
-      // A 5-token prompt, then one token at a time.
-      auto cache = block.make_cache(x.extent(0), tokens);
-      Tensor<T, 3> y(x.shape());
-      for (index_t begin = 0; begin < tokens;) {
-        const index_t end = begin == 0 ? 5 : begin + 1;
-        const Tensor<T, 3> part = block.forward(x.view().slice(1, begin, end), cache);
-        diffattn_test::for_each_index(part.shape(), [&](const auto& i) {
-          y(i[0], begin + i[1], i[2]) = part(i[0], i[1], i[2]);
-        });
-        begin = end;
-      }
-      EXPECT_EQ(cache.length(), tokens);
+      auto cache = block.make_cache(x.extent(0), x.extent(1));
+      static_assert(std::is_same_v<decltype(cache), KVCache<T>>);
+      const Tensor<T, 3> y = prompt_then_tokens(block, x, cache);
       EXPECT_LE(max_abs_diff(y.view(), expected.view()),
                 pytorch_tolerance<T>(max_abs(expected.view())));
     });
@@ -247,10 +260,10 @@ TEST(BlockFixtures, MetadataAgreesWithTheTable) {
 // Properties with random weights
 
 /// The output of `block` over x, computed `chunks` tokens at a time through a KV cache.
-template <class Block, class T>
-Tensor<T, 3> forward_in_chunks(const Block& block, const Tensor<T, 3>& x,
-                               const std::vector<index_t>& chunks) {
-  auto cache = block.make_cache(x.extent(0), x.extent(1));
+template <class Cache, class Block, class T>
+Tensor<T, 3> forward_in_chunks_with(const Block& block, const Tensor<T, 3>& x,
+                                    const std::vector<index_t>& chunks) {
+  auto cache = block.template make_cache<Cache>(x.extent(0), x.extent(1));
   Tensor<T, 3> y(x.shape());
   index_t begin = 0;
   for (index_t chunk : chunks) {
@@ -261,6 +274,12 @@ Tensor<T, 3> forward_in_chunks(const Block& block, const Tensor<T, 3>& x,
   }
   EXPECT_EQ(cache.length(), begin);
   return y;
+}
+
+template <class Block, class T>
+Tensor<T, 3> forward_in_chunks(const Block& block, const Tensor<T, 3>& x,
+                               const std::vector<index_t>& chunks) {
+  return forward_in_chunks_with<T>(block, x, chunks);
 }
 
 /// Same-implementation comparisons (cache vs full, GQA vs repeated heads): the kernels
@@ -615,6 +634,240 @@ TEST(BlockConfigs, RandomWeightsAreDeterministic) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Half-precision KV caches
+
+/// How a cache element type rounds a float e: to within u·|e| + a, u the unit roundoff
+/// (bf16 keeps 8 significant bits, f16 11) and a half the spacing of its subnormals.
+template <class C>
+struct CacheRounding;
+template <>
+struct CacheRounding<diffattn::bf16> {
+  static double u() { return std::ldexp(1.0, -8); }
+  static double a() { return std::ldexp(1.0, -134); }
+};
+template <>
+struct CacheRounding<diffattn::f16> {
+  static double u() { return std::ldexp(1.0, -11); }
+  static double a() { return std::ldexp(1.0, -25); }
+};
+
+/// x·Wᵀ + b in double, rows [B·N, E] → [B, N, heads, width].
+Tensor<double, 4> project_exact(const Tensor<float, 3>& x, const diffattn::Linear<float>& layer,
+                                index_t heads, index_t width) {
+  const index_t batch = x.extent(0), tokens = x.extent(1);
+  Tensor<double, 4> out({batch, tokens, heads, width});
+  const auto rows = out.view().reshape<3>({batch, tokens, heads * width});
+  diffattn_test::for_each_index(rows.shape(), [&](const auto& i) {
+    double sum = layer.bias.empty() ? 0.0 : static_cast<double>(layer.bias(i[2]));
+    for (index_t c = 0; c < x.extent(2); ++c) {
+      sum += static_cast<double>(x(i[0], i[1], c)) * static_cast<double>(layer.weight(i[2], c));
+    }
+    rows(i[0], i[1], i[2]) = sum;
+  });
+  return out;
+}
+
+/// An upper bound on max|y_C − y_float| for a causal float block decoding x (from position
+/// 0) from a KVCache<C> instead of a KVCache<float>, in exact arithmetic; the fp32
+/// rounding of the two runs is left to the caller's tolerance. Computed in double from
+/// the block's weights and x, for each token i, batch row and output head:
+/// - each cached element e becomes ê with |ê − e| <= u·|e| + a (CacheRounding);
+/// - a logit of query q and key k moves by at most δ = scale·Σ_c |q_c|·(u·|k_c| + a) (q
+///   and k after RoPE; the largest over the keys j <= i), so each softmax weight p_j by a
+///   factor within e^(±2δ) and Σ_j |p̂_j − p_j| <= e^(2δ) − 1 (0 when one key is seen);
+/// - element c of a head h = Σ_j (p1_j − λ·p2_j)·v_j (p2 = 0 for a standard head) then
+///   moves by at most Σ_j |p1_j − λ·p2_j|·(u·|v_jc| + a) (V's rounding) plus
+///   (e^(2δ1) − 1 + |λ|·(e^(2δ2) − 1))·max_j |v̂_jc| (K's);
+/// - y_r = Σ_c Wo_rc·h_c moves by at most Σ_c |Wo_rc|·|Δh_c|. In V1 the per-head RMSNorm
+///   comes first: h / rms(h) (rms with eps over the 2d values) moves by at most
+///   2·‖Δh‖₂ / rms(ĥ) in the 2-norm, where rms(ĥ) >= rms(h) − ‖Δh‖₂/√(2d) (rms is
+///   1/√(2d)-Lipschitz), and is scaled by s = subln.weight·(1 − λ_init): y_r moves by at
+///   most ‖Wo_r,head ∘ s‖₂ times that.
+template <class C, class Block>
+double cache_rounding_bound(const Block& block, const Tensor<float, 3>& x) {
+  const double u = CacheRounding<C>::u(), a = CacheRounding<C>::a();
+  const auto& w = block.weights();
+  const auto& config = block.config();
+  constexpr bool standard = std::is_same_v<Block, MultiHeadAttention<float>>;
+  EXPECT_TRUE(config.causal) << "the bound is for causal decoding";
+  const index_t d = config.head_dim;
+  index_t q_heads = 0, k_heads = 0, v_width = d, maps = 1;
+  bool v1 = false;
+  if constexpr (standard) {
+    q_heads = config.num_heads;
+    k_heads = config.num_kv_heads;
+  } else {
+    v1 = config.lambda != LambdaMode::v2;
+    q_heads = 2 * config.num_heads;
+    k_heads = v1 ? 2 * config.num_kv_heads : config.num_kv_heads;
+    v_width = v1 ? 2 * d : d;
+    maps = 2;
+  }
+  const index_t out_heads = q_heads / maps, group = out_heads / config.num_kv_heads;
+  const index_t batch = x.extent(0), tokens = x.extent(1);
+
+  Tensor<double, 4> q = project_exact(x, w.q_proj, q_heads, d);
+  Tensor<double, 4> k = project_exact(x, w.k_proj, k_heads, d);
+  const Tensor<double, 4> v = project_exact(x, w.v_proj, config.num_kv_heads, v_width);
+  diffattn::apply_rope(q.view(), 0, config.rope, config.rope_theta);
+  diffattn::apply_rope(k.view(), 0, config.rope, config.rope_theta);
+  // λ of output head o at token i of row b.
+  Tensor<double, 4> lambda_v2;
+  if constexpr (!standard) {
+    if (!v1) lambda_v2 = project_exact(x, w.lambda_proj, out_heads, 1);
+  }
+  auto lambda = [&](index_t b, index_t i, index_t o) -> double {
+    if constexpr (standard) {
+      return 0;
+    } else {
+      if (!v1) return 1 / (1 + std::exp(-lambda_v2(b, i, o, 0)));
+      return block.lambda()(block.lambda().extent(0) == 1 ? 0 : o);
+    }
+  };
+  const double scale = 1 / std::sqrt(static_cast<double>(d));
+
+  double bound = 0;
+  for (index_t b = 0; b < batch; ++b) {
+    for (index_t i = 0; i < tokens; ++i) {
+      // Head outputs h and bounds on their changes Δh, [out_heads, v_width].
+      Tensor<double, 2> h({out_heads, v_width}), dh({out_heads, v_width});
+      for (index_t o = 0; o < out_heads; ++o) {
+        const index_t kv = o / group;
+        std::vector<double> coefficient(static_cast<std::size_t>(i + 1), 0.0);
+        std::vector<double> k_drift(static_cast<std::size_t>(v_width), 0.0);
+        for (index_t m = 0; m < maps; ++m) {
+          const index_t qh = maps * o + m, kh = v1 ? 2 * kv + m : kv;
+          const double factor = m == 0 ? 1 : -lambda(b, i, o);
+          std::vector<double> logits;
+          double delta = 0;
+          for (index_t j = 0; j <= i; ++j) {
+            double logit = 0, drift = 0;
+            for (index_t c = 0; c < d; ++c) {
+              logit += q(b, i, qh, c) * k(b, j, kh, c);
+              drift += std::abs(q(b, i, qh, c)) * (u * std::abs(k(b, j, kh, c)) + a);
+            }
+            logits.push_back(scale * logit);
+            delta = std::max(delta, scale * drift);
+          }
+          const double top = *std::max_element(logits.begin(), logits.end());
+          double total = 0;
+          for (double& l : logits) total += (l = std::exp(l - top));
+          for (index_t j = 0; j <= i; ++j) coefficient[j] += factor * logits[j] / total;
+          const double change = i == 0 ? 0.0 : std::expm1(2 * delta);
+          for (index_t c = 0; c < v_width; ++c) {
+            double max_v = 0;
+            for (index_t j = 0; j <= i; ++j) max_v = std::max(max_v, std::abs(v(b, j, kv, c)));
+            k_drift[c] += std::abs(factor) * change * ((1 + u) * max_v + a);
+          }
+        }
+        for (index_t c = 0; c < v_width; ++c) {
+          double value = 0, v_drift = 0;
+          for (index_t j = 0; j <= i; ++j) {
+            value += coefficient[j] * v(b, j, kv, c);
+            v_drift += std::abs(coefficient[j]) * (u * std::abs(v(b, j, kv, c)) + a);
+          }
+          h(o, c) = value;
+          dh(o, c) = v_drift + k_drift[c];
+        }
+      }
+      // How far each head's change moves y_r.
+      const auto& wo = w.out_proj.weight;
+      for (index_t r = 0; r < wo.extent(0); ++r) {
+        double sum = 0;
+        for (index_t o = 0; o < out_heads; ++o) {
+          if (!v1) {
+            for (index_t c = 0; c < v_width; ++c) {
+              sum += std::abs(static_cast<double>(wo(r, o * v_width + c))) * dh(o, c);
+            }
+            continue;
+          }
+          if constexpr (!standard) {
+            double squares = 0, change = 0, weights = 0;
+            for (index_t c = 0; c < v_width; ++c) {
+              const double s = static_cast<double>(w.subln_weight(c)) * (1 - block.lambda_init());
+              squares += h(o, c) * h(o, c);
+              change += dh(o, c) * dh(o, c);
+              weights += std::pow(static_cast<double>(wo(r, o * v_width + c)) * s, 2);
+            }
+            const double rms = std::sqrt(squares / static_cast<double>(v_width) + Block::subln_eps);
+            const double rms_drop = std::sqrt(change / static_cast<double>(v_width));
+            EXPECT_GT(rms, rms_drop) << "the bound needs rms(h) above its change";
+            sum += std::sqrt(weights) * 2 * std::sqrt(change) / (rms - rms_drop);
+          }
+        }
+        bound = std::max(bound, sum);
+      }
+    }
+  }
+  return bound;
+}
+
+struct HalfTypeNames {
+  template <class T>
+  static std::string GetName(int) {
+    return std::is_same_v<T, diffattn::bf16> ? "bf16" : "f16";
+  }
+};
+
+template <class C>
+class BlockHalfCacheTest : public ::testing::Test {};
+using HalfTypes = ::testing::Types<diffattn::bf16, diffattn::f16>;
+TYPED_TEST_SUITE(BlockHalfCacheTest, HalfTypes, HalfTypeNames);
+
+// The fixtures' decoding check with the cache in bf16 or f16: within PyTorch's fp32
+// tolerance plus cache_rounding_bound of the fp32 output, and not the fp32 cache's output.
+TYPED_TEST(BlockHalfCacheTest, IncrementalDecodingMatchesPyTorch) {
+  using C = TypeParam;
+  for (const Fixture& fixture : fixtures()) {
+    if (!is_causal(fixture)) continue;
+    SCOPED_TRACE(fixture.name);
+    const SafeTensors file = SafeTensors::load(fixture_path(fixture.name));
+    const Tensor<float, 3> x = file.tensor<float, 3>("x");
+    const Tensor<float, 3> expected = expected_output<float>(file);
+    with_fixture_block<float>(fixture, file, [&](const auto& block) {
+      auto cache = block.template make_cache<C>(x.extent(0), x.extent(1));
+      static_assert(std::is_same_v<decltype(cache), KVCache<C>>);
+      const Tensor<float, 3> y = prompt_then_tokens(block, x, cache);
+      auto float_cache = block.make_cache(x.extent(0), x.extent(1));
+      const Tensor<float, 3> y_float = prompt_then_tokens(block, x, float_cache);
+
+      const double bound = cache_rounding_bound<C>(block, x);
+      const double max_y = max_abs(expected.view());
+      EXPECT_LE(max_abs_diff(y.view(), expected.view()), pytorch_tolerance<float>(max_y) + bound);
+      EXPECT_LE(max_abs_diff(y.view(), y_float.view()), same_math_tolerance<float>(max_y) + bound);
+      EXPECT_GT(max_abs_diff(y.view(), y_float.view()), 0.0) << "the cache did not round";
+    });
+  }
+}
+
+// Random GQA blocks of every kind, decoding token by token from a half cache and from a
+// float cache, agree within cache_rounding_bound (plus reassociation).
+TYPED_TEST(BlockHalfCacheTest, TokenByTokenMatchesAFloatCache) {
+  using C = TypeParam;
+  std::mt19937_64 rng(49);
+  const std::vector<index_t> tokens(9, 1);
+  const Tensor<float, 3> x = random_tensor<float, 3>({2, 9, kEmbed}, rng);
+  auto check = [&](const auto& block) {
+    const Tensor<float, 3> y = forward_in_chunks_with<C>(block, x, tokens);
+    const Tensor<float, 3> y_float = forward_in_chunks_with<float>(block, x, tokens);
+    const double diff = max_abs_diff(y.view(), y_float.view());
+    EXPECT_LE(diff, cache_rounding_bound<C>(block, x) +
+                        same_math_tolerance<float>(max_abs(y_float.view())));
+    EXPECT_GT(diff, 0.0) << "the cache did not round";
+  };
+  {
+    SCOPED_TRACE("standard");
+    const AttentionConfig config = standard_config(8, 2, true, RopeStyle::interleaved);
+    check(MultiHeadAttention<float>(config, examples::random_weights<float>(config, 12)));
+  }
+  for (LambdaMode mode : {LambdaMode::reference, LambdaMode::per_head, LambdaMode::v2}) {
+    SCOPED_TRACE(diffattn::lambda_mode_name(mode));
+    const DiffAttentionConfig config = diff_config(4, 2, 2, true, RopeStyle::half, mode);
+    check(MultiHeadDiffAttention<float>(config, examples::random_weights<float>(config, 13)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Validation
 
 TEST(BlockErrors, ConfigValues) {
@@ -738,6 +991,34 @@ TEST(BlockErrors, ForwardInputsAndCaches) {
   expect_error<diffattn::shape_error>([&] { block.forward(x, standard_cache); },
                                       {"'cache' does not fit this block and batch"});
   EXPECT_EQ(standard_cache.length(), 0);
+}
+
+TEST(BlockErrors, HalfCaches) {
+  // A bf16 or f16 cache is checked as a float one, and a failed call leaves it unchanged.
+  const DiffAttentionConfig config = diff_config(2, 1, 1, true, RopeStyle::half, LambdaMode::v2);
+  const MultiHeadDiffAttention<float> block(config, examples::random_weights<float>(config, 1));
+  const Tensor<float, 3> x({2, 3, kEmbed}, 0.25f);
+  auto other_batch = block.make_cache<diffattn::bf16>(1, 4);
+  expect_error<diffattn::shape_error>(
+      [&] { block.forward(x, other_batch); },
+      {"MultiHeadDiffAttention::forward(x, cache): 'cache' does not fit this block and batch",
+       "B=1", "B=2"});
+  EXPECT_EQ(other_batch.length(), 0);
+  auto small = block.make_cache<diffattn::f16>(2, 2);
+  expect_error<diffattn::shape_error>([&] { block.forward(x, small); },
+                                      {"forward(x, cache): 'x' dimension 1 (N): the cache holds 0 "
+                                       "of 2 tokens, so at most 2 more fit, got 3"});
+  EXPECT_EQ(small.length(), 0);
+  const DiffAttentionConfig v1 = diff_config(2, 1, 1, true, RopeStyle::half, LambdaMode::reference);
+  const MultiHeadDiffAttention<float> v1_block(v1, examples::random_weights<float>(v1, 1));
+  auto v1_cache = v1_block.make_cache<diffattn::bf16>(2, 4);
+  expect_error<diffattn::shape_error>([&] { block.forward(x, v1_cache); },
+                                      {"'cache' does not fit this block and batch"});
+  const MultiHeadAttention<float> standard(config.standard(),
+                                           examples::random_weights<float>(config.standard(), 1));
+  expect_error<diffattn::shape_error>([&] { standard.forward(x, v1_cache); },
+                                      {"MultiHeadAttention::forward(x, cache): 'cache' does not fit"});
+  EXPECT_EQ(v1_cache.length(), 0);
 }
 
 TEST(BlockErrors, FromSafetensors) {

@@ -41,7 +41,10 @@
 ///
 /// Causal masking is bottom-right aligned, so forward(x, cache) — new tokens against
 /// every cached token — equals the matching rows of one causal forward over the whole
-/// sequence; RoPE positions continue from cache.length().
+/// sequence; RoPE positions continue from cache.length(). A float block may keep its
+/// cache in bf16 or f16 (make_cache<bf16>): the new keys and values are rounded as they
+/// are appended and the kernels read them in half precision (attention.hpp's mixed-type
+/// overloads), while the weights, activations and y stay float.
 ///
 /// Configs are in block_config.hpp, weights in block_weights.hpp; loading a block from a
 /// .safetensors checkpoint (from_safetensors) is in block_loading.hpp.
@@ -96,22 +99,31 @@ class MultiHeadAttention {
   /// y = the block applied to x, each sequence on its own.
   /// x [B, N, E] (any strides) → y [B, N, E].
   Tensor<T, 3> forward(TensorView<const T, 3> x) const {
-    return run("MultiHeadAttention::forward", x, nullptr);
+    return run("MultiHeadAttention::forward", x, static_cast<KVCache<T>*>(nullptr));
   }
 
   /// Incremental decoding: x holds the next N tokens of every sequence; their keys and
   /// values are appended to `cache` and they attend to every cached token (causally
   /// among themselves when config().causal). Throws diffattn::shape_error, leaving the
   /// cache as it was, when the cache does not fit the block or lacks room.
+  /// A float block also decodes from a KVCache<bf16> or KVCache<f16> (see make_cache).
   /// x [B, N, E] → y [B, N, E].
-  Tensor<T, 3> forward(TensorView<const T, 3> x, KVCache<T>& cache) const {
+  template <class Cache>
+  Tensor<T, 3> forward(TensorView<const T, 3> x, KVCache<Cache>& cache) const {
+    detail::check_cache_type<T, Cache>();
     return run("MultiHeadAttention::forward(x, cache)", x, &cache);
   }
 
-  /// An empty cache for `batch` sequences of up to `capacity` tokens.
-  KVCache<T> make_cache(index_t batch, index_t capacity) const {
-    return KVCache<T>(batch, capacity, shape_.key_heads, shape_.head_dim, shape_.value_heads,
-                      shape_.value_dim);
+  /// An empty cache for `batch` sequences of up to `capacity` tokens, of T by default.
+  /// A float block's cache may be bf16 or f16 (make_cache<bf16>(batch, capacity)): it
+  /// halves the cache's memory and read traffic; the keys and values are rounded (to
+  /// nearest even) as they are appended, and attention reads them in half precision
+  /// while q, the weights and y stay float.
+  template <class Cache = T>
+  KVCache<Cache> make_cache(index_t batch, index_t capacity) const {
+    detail::check_cache_type<T, Cache>();
+    return KVCache<Cache>(batch, capacity, shape_.key_heads, shape_.head_dim,
+                          shape_.value_heads, shape_.value_dim);
   }
 
   /// The config with num_kv_heads and head_dim resolved.
@@ -120,7 +132,8 @@ class MultiHeadAttention {
   const AttentionWeights<T>& weights() const noexcept { return weights_; }
 
  private:
-  Tensor<T, 3> run(const char* fn, TensorView<const T, 3> x, KVCache<T>* cache) const {
+  template <class Cache>
+  Tensor<T, 3> run(const char* fn, TensorView<const T, 3> x, KVCache<Cache>* cache) const {
     Tensor<T, 2> scratch;
     const auto rows = detail::token_rows(fn, x, shape_.embed_dim, scratch);
     const index_t batch = x.extent(0), tokens = x.extent(1);
@@ -134,7 +147,8 @@ class MultiHeadAttention {
     // The kernel writes [B, H, N, d] through a permuted view of the [B, N, H, d] buffer
     // the output projection reads.
     Tensor<T, 4> heads({batch, tokens, shape_.output_heads, shape_.value_dim});
-    softmax_attention<T>(bnhd_to_bhnd(p.q.view()), bnhd_to_bhnd(p.keys), bnhd_to_bhnd(p.values),
+    // No <T>: K and V from a bf16 or f16 cache select the mixed-type overload.
+    softmax_attention(bnhd_to_bhnd(p.q.view()), bnhd_to_bhnd(p.keys), bnhd_to_bhnd(p.values),
                          bnhd_to_bhnd(heads.view()), options);
     return detail::project_output<T>(heads.view(), weights_.out_proj, shape_.embed_dim);
   }
@@ -206,22 +220,31 @@ class MultiHeadDiffAttention {
   /// y = the block applied to x, each sequence on its own.
   /// x [B, N, E] (any strides) → y [B, N, E].
   Tensor<T, 3> forward(TensorView<const T, 3> x) const {
-    return run("MultiHeadDiffAttention::forward", x, nullptr);
+    return run("MultiHeadDiffAttention::forward", x, static_cast<KVCache<T>*>(nullptr));
   }
 
   /// Incremental decoding: x holds the next N tokens of every sequence; their keys and
   /// values are appended to `cache` and they attend to every cached token (causally
   /// among themselves when config().causal). Throws diffattn::shape_error, leaving the
   /// cache as it was, when the cache does not fit the block or lacks room.
+  /// A float block also decodes from a KVCache<bf16> or KVCache<f16> (see make_cache).
   /// x [B, N, E] → y [B, N, E].
-  Tensor<T, 3> forward(TensorView<const T, 3> x, KVCache<T>& cache) const {
+  template <class Cache>
+  Tensor<T, 3> forward(TensorView<const T, 3> x, KVCache<Cache>& cache) const {
+    detail::check_cache_type<T, Cache>();
     return run("MultiHeadDiffAttention::forward(x, cache)", x, &cache);
   }
 
-  /// An empty cache for `batch` sequences of up to `capacity` tokens.
-  KVCache<T> make_cache(index_t batch, index_t capacity) const {
-    return KVCache<T>(batch, capacity, shape_.key_heads, shape_.head_dim, shape_.value_heads,
-                      shape_.value_dim);
+  /// An empty cache for `batch` sequences of up to `capacity` tokens, of T by default.
+  /// A float block's cache may be bf16 or f16 (make_cache<bf16>(batch, capacity)): it
+  /// halves the cache's memory and read traffic; the keys and values are rounded (to
+  /// nearest even) as they are appended, and attention reads them in half precision
+  /// while q, the weights and y stay float.
+  template <class Cache = T>
+  KVCache<Cache> make_cache(index_t batch, index_t capacity) const {
+    detail::check_cache_type<T, Cache>();
+    return KVCache<Cache>(batch, capacity, shape_.key_heads, shape_.head_dim,
+                          shape_.value_heads, shape_.value_dim);
   }
 
   /// The config with num_kv_heads and head_dim resolved.
@@ -234,7 +257,8 @@ class MultiHeadDiffAttention {
   TensorView<const T, 1> lambda() const noexcept { return lambda_.view(); }
 
  private:
-  Tensor<T, 3> run(const char* fn, TensorView<const T, 3> x, KVCache<T>* cache) const {
+  template <class Cache>
+  Tensor<T, 3> run(const char* fn, TensorView<const T, 3> x, KVCache<Cache>* cache) const {
     Tensor<T, 2> scratch;
     const auto rows = detail::token_rows(fn, x, shape_.embed_dim, scratch);
     const index_t batch = x.extent(0), tokens = x.extent(1);
@@ -263,12 +287,12 @@ class MultiHeadDiffAttention {
                                   .template reshape<3>({batch, tokens, shape_.output_heads})
                                   .permute({0, 2, 1});
       const auto keys = bnhd_to_bhnd(p.keys);  // k1 = k2: the pair shares its kv head
-      diff_attention<T>(q1, q2, keys, keys, values, lambda_bhn, bnhd_to_bhnd(heads.view()),
-                        options);
+      diff_attention(q1, q2, keys, keys, values, lambda_bhn, bnhd_to_bhnd(heads.view()),
+                     options);
     } else {
       const auto [k1, k2] = interleaved_pairs(p.keys);
-      diff_attention<T>(q1, q2, k1, k2, values, lambda_.view(), bnhd_to_bhnd(heads.view()),
-                        options);
+      diff_attention(q1, q2, k1, k2, values, lambda_.view(), bnhd_to_bhnd(heads.view()),
+                     options);
       const auto head_rows = heads.view().template reshape<2>(
           {batch * tokens * shape_.output_heads, shape_.value_dim});
       rms_norm<T>(head_rows, scaled_subln_.view(), subln_eps, head_rows);

@@ -10,6 +10,7 @@
 #include "diffattn/block_weights.hpp"
 #include "diffattn/detail/blocks/shape.hpp"
 #include "diffattn/errors.hpp"
+#include "diffattn/half.hpp"
 #include "diffattn/kv_cache.hpp"
 #include "diffattn/rope.hpp"
 #include "diffattn/tensor.hpp"
@@ -61,8 +62,16 @@ TensorView<const T, 2> token_rows(const char* fn, TensorView<const T, 3> x, inde
   return scratch.view();
 }
 
-template <class T>
-void check_cache(const char* fn, const KVCache<T>& cache, const BlockShape& shape, index_t batch,
+/// The caches a block of T decodes from: KVCache<T>, and for a float block also bf16 or
+/// f16, which the cache's converting append fills from the block's float rows.
+template <class T, class Cache>
+constexpr void check_cache_type() {
+  static_assert(std::is_same_v<Cache, T> || (std::is_same_v<T, float> && is_half_v<Cache>),
+                "diffattn: a block's KV cache holds the block's T, or bf16 or f16 for a float block");
+}
+
+template <class Cache>
+void check_cache(const char* fn, const KVCache<Cache>& cache, const BlockShape& shape, index_t batch,
                  index_t tokens) {
   if (cache.batch() != batch || cache.key_heads() != shape.key_heads ||
       cache.key_dim() != shape.head_dim || cache.value_heads() != shape.value_heads ||
@@ -82,22 +91,25 @@ void check_cache(const char* fn, const KVCache<T>& cache, const BlockShape& shap
 }
 
 /// The queries of the new tokens and the keys/values every query may attend to, after
-/// RoPE; all in projection layout [B, tokens, heads, width].
-template <class T>
+/// RoPE; all in projection layout [B, tokens, heads, width]. keys and values are of the
+/// cache's element type C (T without a cache).
+template <class T, class C>
 struct ProjectedTokens {
   Tensor<T, 4> q, k, v;
-  TensorView<const T, 4> keys, values;  // k and v, or the cache after appending them
+  TensorView<const C, 4> keys, values;  // k and v, or the cache after appending them
 };
 
 /// Projects rows [B·N, E] to q, k, v, rotates q and k at positions from the cache's
-/// length on, and appends k and v to the cache when there is one. The cache must have
-/// passed check_cache.
-template <class T>
-ProjectedTokens<T> project_tokens(const BlockShape& shape, RopeStyle rope, double rope_theta,
-                                  TensorView<const T, 2> rows, index_t batch, index_t tokens,
-                                  const Linear<T>& q_proj, const Linear<T>& k_proj,
-                                  const Linear<T>& v_proj, KVCache<T>* cache) {
-  ProjectedTokens<T> p;
+/// length on, and appends k and v to the cache when there is one (a bf16 or f16 cache
+/// rounds them as it stores them). The cache must have passed check_cache; pass a null
+/// KVCache<T>* for none.
+template <class T, class C>
+ProjectedTokens<T, C> project_tokens(const BlockShape& shape, RopeStyle rope, double rope_theta,
+                                     TensorView<const T, 2> rows, index_t batch, index_t tokens,
+                                     const Linear<T>& q_proj, const Linear<T>& k_proj,
+                                     const Linear<T>& v_proj, KVCache<C>* cache) {
+  check_cache_type<T, C>();
+  ProjectedTokens<T, C> p;
   p.q = Tensor<T, 4>({batch, tokens, shape.query_heads, shape.head_dim});
   p.k = Tensor<T, 4>({batch, tokens, shape.key_heads, shape.head_dim});
   p.v = Tensor<T, 4>({batch, tokens, shape.value_heads, shape.value_dim});
@@ -115,7 +127,7 @@ ProjectedTokens<T> project_tokens(const BlockShape& shape, RopeStyle rope, doubl
     cache->append(p.k.view(), p.v.view());
     p.keys = cache->keys();
     p.values = cache->values();
-  } else {
+  } else if constexpr (std::is_same_v<C, T>) {
     p.keys = p.k.view();
     p.values = p.v.view();
   }
