@@ -15,16 +15,29 @@
 namespace diffattn {
 namespace detail {
 
-/// Packs V rows of keys [first, first + count) as key pairs into the workspace.
+/// Packs V rows of keys [first, first + count) of kv head `kv_head` as key pairs into vp.
 template <class T>
-const std::uint32_t* value_pairs(const TileContext<T>& c, index_t first, index_t count) {
-  std::uint32_t* vp = pair_storage(c.ws.values.data());
-  c.args().v.visit([&](const auto& v) {
+void pack_value_rows(const FusedCall<T>& call, index_t batch, index_t kv_head, index_t first, index_t count,
+                     std::uint32_t* vp) {
+  call.args.v.visit([&](const auto& v) {
     if constexpr (std::is_same_v<typename std::decay_t<decltype(v)>::value_type, bf16>) {
-      pack_value_pairs(&v(c.tile.batch, c.tile.kv_head, first, 0), v.stride(2), count, c.problem().value_dim,
-                       c.call.sizes.dv_pad, vp);
+      pack_value_pairs(&v(batch, kv_head, first, 0), v.stride(2), count, call.problem().value_dim,
+                       call.sizes.dv_pad, vp);
     }
   });
+}
+
+/// The V rows of keys [first, first + count) (first even) as key pairs: from the call's
+/// shared copy, or packed into the workspace now.
+template <class T>
+const std::uint32_t* value_pairs(const TileContext<T>& c, index_t first, index_t count) {
+  const index_t dv_pad = c.call.sizes.dv_pad;
+  if (c.call.value_pairs != nullptr) {
+    const index_t head_rows = (c.problem().kv_len + 1) / 2;
+    return c.call.value_pairs + ((c.tile.batch * c.problem().kv_heads + c.tile.kv_head) * head_rows + first / 2) * dv_pad;
+  }
+  std::uint32_t* vp = pair_storage(c.ws.values.data());
+  pack_value_rows(c.call, c.tile.batch, c.tile.kv_head, first, count, vp);
   return vp;
 }
 

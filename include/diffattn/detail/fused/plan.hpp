@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <type_traits>
 
@@ -121,6 +122,9 @@ struct FusedPlan {
   /// Both tile products on bf16 pairs (bf16_products.hpp): q and k/v bf16, rows along the
   /// lanes, AVX512_BF16. K is read in place; pack_values holds V's key pairs.
   bool bf16_products = false;
+  /// bf16_products: V is packed as key pairs once per call, every kv head, rather than by
+  /// every query tile again (when it fits half the workspace limit).
+  bool shared_value_pairs = false;
   /// Decoding tiles' scores on bf16 pairs (score_tile_dot_bf16): q and k/v bf16,
   /// depth_in_lanes, AVX512_BF16. V rows convert in registers as for any half type.
   bool bf16_dot_scores = false;
@@ -200,6 +204,12 @@ template <class T>
 index_t tile_workspace_bytes(const AttentionProblem& p, const FusedSizes<T>& sz, index_t rows_pad,
                              index_t score_keys, bool diff) {
   return size_bytes<T>(tile_workspace_elements(p, sz, rows_pad, score_keys, diff));
+}
+
+/// Bytes of every kv head's V as bf16 key pairs (FusedPlan::shared_value_pairs).
+template <class T>
+index_t value_pair_bytes(const AttentionProblem& p, const FusedSizes<T>& sz) {
+  return size_bytes<std::uint32_t>(size_mul(p.batch, p.kv_heads, (p.kv_len + 1) / 2, sz.dv_pad));
 }
 
 /// Whether a K or V view keeps the kv heads of one token next to each other and a head's
@@ -287,6 +297,7 @@ FusedPlan make_plan(const FusedArgs<T>& a, const FusedSizes<T>& sz, int requeste
     while (positions > 1 && !fits()) positions = (positions + 1) / 2;
     while (plan.threads > 1 && !fits()) --plan.threads;
   }
+  plan.shared_value_pairs = plan.bf16_products && fits_in(value_pair_bytes(p, sz), workspace_limit / 2);
   plan.positions_per_tile = positions;
   plan.stream_workspace = plan.method == Method::two_pass &&
                           streams_workspace<T>(FusedSizes<T>::rows_padded(p.group * positions), all_keys);

@@ -13,9 +13,11 @@
 /// group while it is hot in cache. No result depends on how rows are grouped into tiles
 /// or on the thread count: outputs are bitwise identical for any number of threads.
 
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
+#include "diffattn/detail/fused/bf16_products.hpp"
 #include "diffattn/detail/fused/decode.hpp"
 #include "diffattn/detail/fused/flash.hpp"
 #include "diffattn/detail/fused/plan.hpp"
@@ -34,6 +36,7 @@ template <class T>
 struct ScratchCache {
   std::vector<ThreadWorkspace<T>> workspaces;
   ScratchArray<T> chunk_storage;  // split keys: per (tile, chunk, map) states
+  ScratchArray<T> value_pairs;    // plan.shared_value_pairs: every kv head's V as bf16 key pairs
 };
 
 template <class T>
@@ -48,7 +51,7 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   const AttentionProblem& p = a.problem;
   if (p.batch == 0 || p.q_heads == 0 || p.q_len == 0 || p.value_dim == 0) return;
   const FusedSizes<T> sizes(p);
-  const FusedCall<T> call(a, make_plan(a, sizes, requested_threads, workspace_limit), sizes);
+  FusedCall<T> call(a, make_plan(a, sizes, requested_threads, workspace_limit), sizes);
   const FusedPlan& plan = call.plan;
 
   // Everything is allocated here, before any thread starts.
@@ -61,6 +64,11 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
   if (plan.splits_keys()) {
     cache.chunk_storage.reserve(ChunkStates<T>::elements(plan, call.maps(), call.rows_pad, sizes.dv_pad));
   }
+  const index_t pair_items = p.batch * p.kv_heads * FusedPlan::key_tiles(p.kv_len);
+  if (plan.shared_value_pairs) {
+    cache.value_pairs.reserve(value_pair_bytes(p, sizes) / static_cast<index_t>(sizeof(T)) + 1);
+    call.value_pairs = pair_storage(cache.value_pairs.data());
+  }
   const ChunkStates<T> chunk_states{cache.chunk_storage.data(), plan.chunks, call.maps(), call.rows_pad, sizes.dv_pad};
 
   const index_t items = (plan.method == Method::split_heads ? plan.tiles / p.kv_heads : plan.tiles) * plan.chunks;
@@ -72,6 +80,17 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
 #endif
   {
     ThreadWorkspace<T>& ws = workspaces[static_cast<std::size_t>(current_thread())];
+    if (plan.shared_value_pairs) {  // every key tile of every kv head, before any tile reads one
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (index_t w = 0; w < pair_items; ++w) {
+        const index_t head = w / FusedPlan::key_tiles(p.kv_len), first = w % FusedPlan::key_tiles(p.kv_len) * FusedPlan::key_tile;
+        const index_t head_rows = (p.kv_len + 1) / 2;
+        pack_value_rows(call, head / p.kv_heads, head % p.kv_heads, first, std::min(FusedPlan::key_tile, p.kv_len - first),
+                        pair_storage(cache.value_pairs.data()) + (head * head_rows + first / 2) * sizes.dv_pad);
+      }
+    }
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif

@@ -113,6 +113,9 @@ struct FusedCall {
   index_t rows_pad;    // rows of a full tile, padded (rows_padded)
   ScoreLayout layout;  // where its tiles keep their scores
   T logit_factor;      // scale·log2 e: Q is packed pre-scaled, so exp becomes exp2
+  /// plan.shared_value_pairs: every kv head's V as key pairs, (Nk + 1)/2 pair rows of
+  /// dv_pad each per head; set by the driver before the tiles run.
+  const std::uint32_t* value_pairs = nullptr;
 
   FusedCall(const FusedArgs<T>& a, const FusedPlan& p, const FusedSizes<T>& sz)
       : args(a),
@@ -169,23 +172,30 @@ void pack_queries(TensorView<const E, 4> q, const AttentionProblem& p, const Que
 }
 
 /// A float workspace array holding bf16 pairs instead (never read as float).
-inline std::uint32_t* pair_storage(float* data) { return reinterpret_cast<std::uint32_t*>(data); }
-inline const std::uint32_t* pair_storage(const float* data) { return reinterpret_cast<const std::uint32_t*>(data); }
+template <class T>
+std::uint32_t* pair_storage(T* data) {
+  return reinterpret_cast<std::uint32_t*>(data);
+}
+template <class T>
+const std::uint32_t* pair_storage(const T* data) {
+  return reinterpret_cast<const std::uint32_t*>(data);
+}
 
 /// The tile's Q rows as depth pairs: qp[(c/2)·rows_pad + r] holds q[r][c] in its low half
 /// (even c) or high half (odd c); zero in padding rows and past an odd depth.
 inline void pack_query_pairs(TensorView<const bf16, 4> q, const AttentionProblem& p, const QueryTile& tile,
                              index_t rows_pad, std::uint32_t* qp) {
-  const index_t rows = p.group * tile.positions(), pairs = (p.head_dim + 1) / 2;
-  std::fill(qp, qp + pairs * rows_pad, std::uint32_t{0});
+  const index_t rows = p.group * tile.positions(), pairs = (p.head_dim + 1) / 2, whole = p.head_dim / 2;
   for (index_t r = 0; r < rows; ++r) {
     const bf16* src = &q(tile.batch, tile.head(p, r), tile.position(r), 0);
-    for (index_t c = 0; c < p.head_dim; ++c) {
+    for (index_t c = 0; c < whole; ++c) std::memcpy(&qp[c * rows_pad + r], src + 2 * c, sizeof(std::uint32_t));
+    if (whole < pairs) {  // odd depth: the last element alone, high half zero
       std::uint16_t bits;
-      std::memcpy(&bits, src + c, sizeof bits);
-      qp[c / 2 * rows_pad + r] |= std::uint32_t{bits} << (c % 2 * 16);
+      std::memcpy(&bits, src + 2 * whole, sizeof bits);
+      qp[whole * rows_pad + r] = bits;
     }
   }
+  for (index_t c = 0; c < pairs; ++c) std::fill(qp + c * rows_pad + rows, qp + (c + 1) * rows_pad, std::uint32_t{0});
 }
 
 /// The tile's Q rows as they are, row-major [rows, D] (bf16 decoding tiles: the score

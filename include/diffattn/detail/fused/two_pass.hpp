@@ -4,6 +4,7 @@
 /// P·V product. Needs a rows × Nk workspace per thread (make_plan checks it fits).
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -85,25 +86,36 @@ void diff_two_pass_tile(const TileContext<T>& c) {
   }
   T* pt = ws.p_tile.data();
   std::fill(ws.acc1.data(), ws.acc1.data() + rows_pad * sz.dv_pad, T(0));
+  // The key tile's per-row factors f = 2^(m_t − m)·(1/l or λ/l), kept in stats arrays
+  // pass 2 does not otherwise use.
+  T* factor1 = stats.keep1;
+  T* factor2 = stats.keep2;
   for (index_t j0 = 0, t = 0; j0 < key_end; j0 += FusedPlan::key_tile, ++t) {
     const index_t count = std::min(FusedPlan::key_tile, key_end - j0);
     const T* e1 = st1 + j0 * rows_pad;
     const T* e2 = st2 + j0 * rows_pad;
     for (index_t offset = 0; offset < rows_pad; offset += lanes) {
-      const B f1 = exp2_nonpositive(B::load_unaligned(tile_max1 + t * rows_pad + offset) - B::load_unaligned(m1 + offset)) *
-                   B::load_unaligned(l1 + offset);
-      const B f2 = exp2_nonpositive(B::load_unaligned(tile_max2 + t * rows_pad + offset) - B::load_unaligned(m2 + offset)) *
-                   B::load_unaligned(l2 + offset);
+      (exp2_nonpositive(B::load_unaligned(tile_max1 + t * rows_pad + offset) - B::load_unaligned(m1 + offset)) *
+       B::load_unaligned(l1 + offset))
+          .store_unaligned(factor1 + offset);
+      (exp2_nonpositive(B::load_unaligned(tile_max2 + t * rows_pad + offset) - B::load_unaligned(m2 + offset)) *
+       B::load_unaligned(l2 + offset))
+          .store_unaligned(factor2 + offset);
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (plan.bf16_products) {  // P straight to bf16 pairs
+        std::uint32_t* pairs = pair_storage(ws.pairs.data());
+        pack_difference_pairs(e1, e2, factor1, factor2, count, rows_pad, pairs);
+        value_tile_bf16(pairs, rows_pad, rows, count, value_pairs(c, j0, count), sz.dv_pad, sz.dv_pad,
+                        ws.acc1.data(), sz.dv_pad, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr));
+        continue;
+      }
+    }
+    for (index_t offset = 0; offset < rows_pad; offset += lanes) {
+      const B f1 = B::load_unaligned(factor1 + offset), f2 = B::load_unaligned(factor2 + offset);
       for (index_t j = 0; j < count; ++j) {
         const index_t at = j * rows_pad + offset;
         (B::load_unaligned(e1 + at) * f1 - B::load_unaligned(e2 + at) * f2).store_unaligned(pt + at);
-      }
-    }
-    if constexpr (std::is_same_v<T, float>) {
-      if (plan.bf16_products) {
-        value_pair_tile(c, pt, count, value_pairs(c, j0, count), ws.acc1.data(), static_cast<const T*>(nullptr),
-                        static_cast<const T*>(nullptr));
-        continue;
       }
     }
     with_value_rows(c, j0, count, [&](const auto* v, index_t v_stride) {

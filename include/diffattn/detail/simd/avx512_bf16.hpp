@@ -7,6 +7,7 @@
 ///   score_tile_bf16    Sᵀ = factor·K·Qᵀ, K rows in place, Q packed as depth pairs
 ///   score_tile_dot_bf16  scores of a few query rows (decoding), dot products along D
 ///   pack_weight_pairs  fp32 Pᵀ to key pairs of bf16, rounded to nearest even
+///   pack_difference_pairs  the same for P = e1·f1 − e2·f2, formed on the way
 ///   pack_value_pairs   bf16 V rows to key pairs
 ///   value_tile_bf16    O = O·keep + (P·V)·add on the packed pairs, as value_tile does
 /// The register blocks, panels and chunks mirror score_tile.hpp and value_tile.hpp; each
@@ -47,6 +48,8 @@ inline constexpr bool has_bf16_dot_product = false;
 void score_tile_bf16(const bf16* k, index_t k_stride, index_t keys, const std::uint32_t* qp, index_t rows_pad,
                      index_t depth, float factor, float* st, index_t st_stride);
 void pack_weight_pairs(const float* pt, index_t pt_stride, index_t keys, index_t rows_pad, std::uint32_t* pp);
+void pack_difference_pairs(const float* e1, const float* e2, const float* f1, const float* f2, index_t keys,
+                           index_t rows_pad, std::uint32_t* pp);
 void score_tile_dot_bf16(const bf16* k, index_t k_stride, index_t keys, const bf16* q, index_t rows, index_t depth,
                          float factor, float* st, index_t key_stride, index_t row_stride);
 void pack_value_pairs(const bf16* v, index_t v_stride, index_t keys, index_t width, index_t width_pad,
@@ -401,6 +404,27 @@ inline void pack_weight_pairs(const float* pt, index_t pt_stride, index_t keys, 
       const __m512 high = second ? _mm512_loadu_ps(first + pt_stride + r) : _mm512_setzero_ps();
       const __m512i rounded = (__m512i)_mm512_cvtne2ps_pbh(high, low);
       _mm512_storeu_si512(out + r, _mm512_permutexvar_epi16(interleave, rounded));
+    }
+  }
+}
+
+/// pack_weight_pairs of P = e1·f1 − e2·f2, formed as it is packed: e1, e2 fp32 Pᵀ tiles
+/// [keys, rows_pad] (rows_pad apart), f1, f2 one factor per row. Differential attention's
+/// two-pass P then never goes to memory as float.
+inline void pack_difference_pairs(const float* e1, const float* e2, const float* f1, const float* f2, index_t keys,
+                                  index_t rows_pad, std::uint32_t* pp) {
+  const __m512i interleave = bf16_dot::interleave_index(0, 16);
+  for (index_t r = 0; r < rows_pad; r += bf16_dot::lanes) {
+    const __m512 a1 = _mm512_loadu_ps(f1 + r), a2 = _mm512_loadu_ps(f2 + r);
+    auto weight = [&](index_t j) {
+      return _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(e1 + j * rows_pad + r), a1),
+                           _mm512_mul_ps(_mm512_loadu_ps(e2 + j * rows_pad + r), a2));
+    };
+    for (index_t j = 0; j < keys; j += 2) {
+      const __m512 low = weight(j);
+      const __m512 high = j + 1 < keys ? weight(j + 1) : _mm512_setzero_ps();
+      const __m512i rounded = (__m512i)_mm512_cvtne2ps_pbh(high, low);
+      _mm512_storeu_si512(pp + j / 2 * rows_pad + r, _mm512_permutexvar_epi16(interleave, rounded));
     }
   }
 }
