@@ -2,7 +2,8 @@
 //
 // Matched configuration: h differential heads (Q/K width d, V width 2d) against 2h
 // standard heads of width d: the same parameters and, for the fused kernels, the same
-// 8·N²·d FLOPs per differential head. Baselines in the same binary:
+// 8·N²·d FLOPs per differential head. Both fused kernels also run on bf16 inputs (…Bf16 rows),
+// and decoding on bf16 and f16 K/V (DecodeBf16, DecodeF16). Baselines in the same binary:
 //   - naive: materialized attention, Eigen GEMMs and a full softmax over N×N;
 //   - composed differential: two standard calls plus a subtraction, as GPU code does.
 // The machine's FMA peak and read bandwidth are measured at start-up by this binary, so
@@ -35,6 +36,8 @@
 
 namespace {
 
+using diffattn::bf16;
+using diffattn::f16;
 using diffattn::index_t;
 using diffattn::Tensor;
 using diffattn::TensorView;
@@ -178,8 +181,32 @@ Tensor<float, 4> random_tensor(const std::array<index_t, 4>& shape, unsigned see
   return t;
 }
 
+/// `from` rounded to T (bf16 or f16).
+template <class T>
+Tensor<T, 4> converted(const Tensor<float, 4>& from) {
+  Tensor<T, 4> to(from.shape());
+  diffattn::convert(from.view(), to.view());
+  return to;
+}
+
+template <class T>
+Tensor<T, 4> random_tensor_as(const std::array<index_t, 4>& shape, unsigned seed) {
+  if constexpr (std::is_same_v<T, float>) {
+    return random_tensor(shape, seed);
+  } else {
+    return converted<T>(random_tensor(shape, seed));
+  }
+}
+
 /// h = 2 differential heads of width d (V 2d) and the matched 4 standard heads.
 constexpr index_t diff_heads = 2;
+
+/// The matched problem's inputs and outputs in bf16: the fp32 inputs rounded, so both
+/// rows time the same problem.
+struct MatchedBf16 {
+  Tensor<bf16, 4> q, k, v, out;
+  Tensor<bf16, 4> q1, q2, k1, k2, v2, out2;
+};
 
 struct Matched {
   index_t n, d;
@@ -194,6 +221,19 @@ struct Matched {
         k1(random_tensor({1, diff_heads, n, d}, 6)), k2(random_tensor({1, diff_heads, n, d}, 7)),
         v2(random_tensor({1, diff_heads, n, 2 * d}, 8)), out2({1, diff_heads, n, 2 * d}),
         tmp({1, diff_heads, n, 2 * d}), lambda({diff_heads}, 0.5f) {}
+  /// Made on first use, so the fp32 rows' resident memory does not count it before then.
+  MatchedBf16& bf16_inputs() {
+    if (!half) {
+      half = std::make_unique<MatchedBf16>(MatchedBf16{
+          converted<bf16>(q), converted<bf16>(k), converted<bf16>(v), Tensor<bf16, 4>(out.shape()),
+          converted<bf16>(q1), converted<bf16>(q2), converted<bf16>(k1), converted<bf16>(k2),
+          converted<bf16>(v2), Tensor<bf16, 4>(out2.shape())});
+    }
+    return *half;
+  }
+
+ private:
+  std::unique_ptr<MatchedBf16> half;
 };
 
 /// FLOPs of the matched problem: 2·N²·(D + Dv) per standard head, halved by causality
@@ -283,6 +323,34 @@ void BM_Differential(benchmark::State& state) {
   set_compute_counters(state, matched_flops(args.n, args.d, args.causal), args.threads);
 }
 
+/// The bf16 rows: q, k, v and out of bf16 (lambda and the mask float), as a model kept
+/// in bf16 calls attention (PyTorch's attention returns q's type). The output's bytes are
+/// 1/(2·Nk) of the work, so a float output would time the same.
+void BM_StandardBf16(benchmark::State& state) {
+  const Args args(state);
+  MatchedBf16& m = problem(args.n, args.d).bf16_inputs();
+  const auto options = args.options();
+  reset_peak_rss();
+  for (auto _ : state) {
+    diffattn::softmax_attention(m.q, m.k, m.v, m.out.view(), options);
+    benchmark::ClobberMemory();
+  }
+  set_compute_counters(state, matched_flops(args.n, args.d, args.causal), args.threads);
+}
+
+void BM_DifferentialBf16(benchmark::State& state) {
+  const Args args(state);
+  Matched& problem_fp32 = problem(args.n, args.d);
+  MatchedBf16& m = problem_fp32.bf16_inputs();
+  const auto options = args.options();
+  reset_peak_rss();
+  for (auto _ : state) {
+    diffattn::diff_attention(m.q1, m.q2, m.k1, m.k2, m.v2, problem_fp32.lambda.view(), m.out2.view(), options);
+    benchmark::ClobberMemory();
+  }
+  set_compute_counters(state, matched_flops(args.n, args.d, args.causal), args.threads);
+}
+
 /// Differential attention as two standard calls and a subtraction (12·N²·d per head).
 void BM_DifferentialComposed(benchmark::State& state) {
   const Args args(state);
@@ -340,31 +408,40 @@ void BM_NaiveMaterialized(benchmark::State& state) {
 }
 
 /// One query token per head (8 heads, d = 128) against K/V [1, Hkv, Nk, d] views,
-/// grouped-query; counts the bytes of K and V read.
-void run_decode(benchmark::State& state, TensorView<const float, 4> k, TensorView<const float, 4> v) {
+/// grouped-query; counts the bytes of K and V read, in their element type.
+/// With a half-precision cache the query is of the cache's type, as a model kept in that
+/// type projects it, and the output is float, as the fp32 rows write: the query and output
+/// are 1/Nk of the bytes, so only the cache's type tells the rows apart.
+template <class KV>
+void run_decode(benchmark::State& state, TensorView<const KV, 4> k, TensorView<const KV, 4> v) {
   const index_t q_heads = 8, d = k.extent(3), kv_heads = k.extent(1), kv_len = k.extent(2);
   const int threads = state.range(2) == 0 ? all_threads() : static_cast<int>(state.range(2));
-  auto q = random_tensor({1, q_heads, 1, d}, 11);
+  const auto q = random_tensor_as<KV>({1, q_heads, 1, d}, 11);
   Tensor<float, 4> out({1, q_heads, 1, d});
   diffattn::AttentionOptions<float> options;
   options.threads = threads;
   reset_peak_rss();
   for (auto _ : state) {
-    diffattn::softmax_attention<float>(q, k, v, out, options);
+    if constexpr (std::is_same_v<KV, float>) {
+      diffattn::softmax_attention<float>(q, k, v, out, options);
+    } else {
+      diffattn::softmax_attention(q, k, v, out.view(), options);
+    }
     benchmark::ClobberMemory();
   }
-  const double bytes = static_cast<double>(2 * kv_heads * kv_len * d) * sizeof(float);
+  const double bytes = static_cast<double>(2 * kv_heads * kv_len * d) * sizeof(KV);
   state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = threads;
   state.counters["RSS_MiB"] = peak_rss_mib();
 }
 
-/// Decoding: K/V as [1, Hkv, Nk, d] tensors.
+/// Decoding: K/V as [1, Hkv, Nk, d] tensors of KV (the head-major layout KVCache stores).
+template <class KV>
 void BM_Decode(benchmark::State& state) {
   const index_t kv_len = state.range(0), d = 128, kv_heads = state.range(1);
-  const auto k = random_tensor({1, kv_heads, kv_len, d}, 12);
-  const auto v = random_tensor({1, kv_heads, kv_len, d}, 13);
-  run_decode(state, k, v);
+  const auto k = random_tensor_as<KV>({1, kv_heads, kv_len, d}, 12);
+  const auto v = random_tensor_as<KV>({1, kv_heads, kv_len, d}, 13);
+  run_decode<KV>(state, k.view(), v.view());
 }
 
 /// Decoding from a diffattn::KVCache filled with Nk tokens, the way the blocks decode.
@@ -376,7 +453,7 @@ void BM_DecodeKVCache(benchmark::State& state) {
     const auto v = random_tensor({1, kv_len, kv_heads, d}, 13);
     cache.append(k, v);
   }
-  run_decode(state, diffattn::bnhd_to_bhnd(cache.keys()), diffattn::bnhd_to_bhnd(cache.values()));
+  run_decode<float>(state, diffattn::bnhd_to_bhnd(cache.keys()), diffattn::bnhd_to_bhnd(cache.values()));
 }
 
 /// Decoding from K/V kept in the projection layout [1, Nk, Hkv, d] (a head's rows
@@ -385,7 +462,7 @@ void BM_DecodeProjectionLayout(benchmark::State& state) {
   const index_t kv_len = state.range(0), d = 128, kv_heads = state.range(1);
   const auto k = random_tensor({1, kv_len, kv_heads, d}, 12);
   const auto v = random_tensor({1, kv_len, kv_heads, d}, 13);
-  run_decode(state, diffattn::bnhd_to_bhnd(k.view()), diffattn::bnhd_to_bhnd(v.view()));
+  run_decode<float>(state, diffattn::bnhd_to_bhnd(k.view()), diffattn::bnhd_to_bhnd(v.view()));
 }
 
 /// The start-up bandwidth loop again, as a benchmark among the decoding runs (arg: streams
@@ -433,6 +510,18 @@ void BM_LongSequenceMemory(benchmark::State& state) {
 
 // ---- the sweep ----------------------------------------------------------------------
 
+void register_prefill(const std::vector<int64_t>& args, bool baselines, bool naive) {
+  auto add = [&](const char* name, void (*fn)(benchmark::State&)) {
+    benchmark::RegisterBenchmark(name, fn)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
+  };
+  add("Standard", BM_Standard);
+  add("Differential", BM_Differential);
+  if (baselines) add("DifferentialComposed", BM_DifferentialComposed);
+  if (naive) add("NaiveMaterialized", BM_NaiveMaterialized);
+  add("StandardBf16", BM_StandardBf16);
+  add("DifferentialBf16", BM_DifferentialBf16);
+}
+
 void register_benchmarks(bool full) {
   const std::vector<index_t> sizes = full ? std::vector<index_t>{128, 512, 1024, 2048, 4096, 8192, 16384}
                                           : std::vector<index_t>{512, 2048};
@@ -442,21 +531,23 @@ void register_benchmarks(bool full) {
       for (int causal : {0, 1}) {
         if (!full && causal && n != 2048) continue;
         for (int threads : {1, 0}) {
-          const std::vector<int64_t> args{n, d, causal, threads};
-          benchmark::RegisterBenchmark("Standard", BM_Standard)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
-          benchmark::RegisterBenchmark("Differential", BM_Differential)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
-          benchmark::RegisterBenchmark("DifferentialComposed", BM_DifferentialComposed)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
-          if (threads == 1 && n <= (full ? 8192 : 2048)) {
-            benchmark::RegisterBenchmark("NaiveMaterialized", BM_NaiveMaterialized)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
-          }
+          register_prefill({n, d, causal, threads}, true, threads == 1 && n <= (full ? 8192 : 2048));
         }
       }
     }
   }
+  if (!full) {
+    // The bf16 speed-up target's other width (N = 2048, d = 128, one thread), without the
+    // baselines, to keep the short sweep short.
+    for (int causal : {0, 1}) register_prefill({2048, 128, causal, 1}, false, false);
+  }
   const std::vector<index_t> decode_lengths = full ? std::vector<index_t>{4096, 32768, 65536} : std::vector<index_t>{32768};
   for (index_t kv_len : decode_lengths) {
     for (index_t kv_heads : {8, 2}) {
-      benchmark::RegisterBenchmark("Decode", BM_Decode)->Args({kv_len, kv_heads, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
+      const std::vector<int64_t> args{kv_len, kv_heads, 0};
+      benchmark::RegisterBenchmark("Decode", BM_Decode<float>)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
+      benchmark::RegisterBenchmark("DecodeBf16", BM_Decode<bf16>)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
+      benchmark::RegisterBenchmark("DecodeF16", BM_Decode<f16>)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
     }
   }
   for (int streams : {1, 2, 4}) {
@@ -526,7 +617,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
         std::printf("%-48s %10.3f %7.1f GB %7.1f%%\n", name.c_str(), ms, r.gbs, 100 * r.gbs / read_reference);
       }
     }
-    std::printf("\n%-34s %12s %15s %12s\n", "problem (N/d/causal/threads)", "diff/std", "fused/composed", "naive/fused");
+    std::printf("(%% peak is against the fp32 FMA peak for the bf16 rows too.)\n");
+    std::printf("\n%-30s %9s %15s %12s | %13s %10s %10s\n", "problem (N/d/causal/threads)", "diff/std",
+                "fused/composed", "naive/fused", "bf16 diff/std", "bf16x std", "bf16x diff");
     for (const auto& [name, time] : results_) {
       const std::string prefix = "Differential/";
       if (name.rfind(prefix, 0) != 0) continue;
@@ -534,18 +627,44 @@ class RatioReporter : public benchmark::ConsoleReporter {
       const double standard = lookup("Standard/" + key);
       const double composed = lookup("DifferentialComposed/" + key);
       const double naive = lookup("NaiveMaterialized/" + key);
-      std::printf("%-34s %12s %15s %12s\n", key.c_str(), ratio(time, standard).c_str(),
-                  ratio(composed, time).c_str(), ratio(naive, standard).c_str());
+      const double standard_bf16 = lookup("StandardBf16/" + key);
+      const double diff_bf16 = lookup("DifferentialBf16/" + key);
+      std::printf("%-30s %9s %15s %12s | %13s %10s %10s\n", key.c_str(), ratio(time, standard).c_str(),
+                  ratio(composed, time).c_str(), ratio(naive, standard).c_str(), ratio(diff_bf16, standard_bf16).c_str(),
+                  ratio(standard, standard_bf16).c_str(), ratio(time, diff_bf16).c_str());
     }
-    std::printf("diff/std: time of differential over standard attention at the matched size (target <= 1.05)\n"
+    std::printf("diff/std: time of differential over standard attention at the matched size (target <= 1.05; bf16 too)\n"
                 "fused/composed: speed-up of the fused differential kernel over two standard calls (target >= 1.4)\n"
-                "naive/fused: speed-up of the fused standard kernel over materialized attention (target >= 4 at N = 4096)\n");
+                "naive/fused: speed-up of the fused standard kernel over materialized attention (target >= 4 at N = 4096)\n"
+                "bf16x: speed-up of bf16 q/k/v/out over fp32, fp32 time / bf16 time (target >= 1.5 at N = 2048, 1 thread)\n");
+    std::printf("\n%-30s %9s | %10s %8s | %10s %8s\n", "decode (Nk/Hkv/threads)", "fp32 % bw", "bf16x", "% bw",
+                "f16x", "% bw");
+    for (const auto& [name, time] : results_) {
+      const std::string prefix = "Decode/";
+      if (name.rfind(prefix, 0) != 0) continue;
+      const std::string key = name.substr(prefix.size());
+      const double bf16_time = lookup("DecodeBf16/" + key), f16_time = lookup("DecodeF16/" + key);
+      std::printf("%-30s %9s | %10s %8s | %10s %8s\n", key.c_str(), share(name, read_reference).c_str(),
+                  ratio(time, bf16_time).c_str(), share("DecodeBf16/" + key, read_reference).c_str(),
+                  ratio(time, f16_time).c_str(), share("DecodeF16/" + key, read_reference).c_str());
+    }
+    std::printf("bf16x, f16x: speed-up of a bf16 or f16 K/V over fp32, fp32 time / half time (target >= 1.8 at Hkv 8,\n"
+                "  >= 1.5 at Hkv 2, Nk = 32768); %% bw: GB/s of the K/V bytes in their own type over the read bandwidth\n"
+                "  (target >= 70%%)\n");
   }
 
  private:
   double lookup(const std::string& name) const {
     const auto it = results_.find(name);
     return it == results_.end() ? 0 : it->second;
+  }
+  /// A decoding row's GB/s as a share of the read bandwidth, or "-" if it did not run.
+  std::string share(const std::string& name, double read_reference) const {
+    const auto it = rates_.find(name);
+    if (it == rates_.end() || it->second.gbs <= 0 || read_reference <= 0) return "-";
+    char text[32];
+    std::snprintf(text, sizeof text, "%.0f%%", 100 * it->second.gbs / read_reference);
+    return text;
   }
   static std::string ratio(double a, double b) {
     if (a <= 0 || b <= 0) return "-";

@@ -149,6 +149,10 @@ class Sweep:
     def decode_lengths(self):
         return sorted({int(n.split("/")[1]) for n in self.runs if n.startswith("Decode/")})
 
+    def has(self, kernel):
+        """Whether any run has the kernel's rows (older sweeps have no bf16 ones)."""
+        return any(name.startswith(kernel + "/") for name in self.runs)
+
     def threads(self):
         """The thread count of the 'all threads' runs (argument 0)."""
         for name, entry in self.runs.items():
@@ -167,19 +171,26 @@ COLORS = {
     "Differential, all threads": "#8c564b",
     "Hkv=8": "#2ca02c",
     "Hkv=2": "#9467bd",
+    "Differential, bf16": "#e377c2",
+    "bf16 vs fp32": "#17becf",
 }
+
+# bf16 and f16 rows: the fp32 row's colour, drawn with their own line and marker.
+HALF_STYLE = {"bf16": ("-.", "s"), "f16": ((0, (5, 1, 1, 1, 1, 1)), "^")}
 
 
 def size_label(n):
     return f"{n // 1024}k" if n >= 1024 else str(n)
 
 
-def draw_series(ax, label, xs, ys, color, dashed=False):
-    """One line with markers, skipping the sizes a sweep has no number for."""
+def draw_series(ax, label, xs, ys, color, dashed=False, style=None):
+    """One line with markers, skipping the sizes a sweep has no number for; style is a
+    (linestyle, marker) pair that overrides the solid or dashed line."""
     points = [(x, y) for x, y in zip(xs, ys) if y is not None]
     if points:
-        ax.plot(*zip(*points), label=label, color=color, linestyle="--" if dashed else "-",
-                marker="o", markersize=3.5, linewidth=1.8)
+        linestyle, marker = style if style else ("--" if dashed else "-", "o")
+        ax.plot(*zip(*points), label=label, color=color, linestyle=linestyle,
+                marker=marker, markersize=3.5, linewidth=1.8)
 
 
 def reference(ax, label, value, color="#555555", legend=True):
@@ -222,6 +233,11 @@ def figure(sweep, path):
             draw_series(ax, f"{kernel.lower()}, {threads} threads", sizes,
                         [sweep.value(kernel, (n, d, causal, 0), "GFLOP/s") for n in sizes], COLORS[kernel],
                         dashed=True)
+        # bf16 on one thread only: the two-thread bf16 rates are in the Markdown table.
+        for kernel in ("Standard", "Differential"):
+            draw_series(ax, f"{kernel.lower()}, bf16, 1 thread", sizes,
+                        [sweep.value(kernel + "Bf16", (n, d, causal, 1), "GFLOP/s") for n in sizes],
+                        COLORS[kernel], style=HALF_STYLE["bf16"])
         reference(ax, "FMA peak, 1 core", sweep.peak, legend=False)
         reference(ax, f"FMA peak, {threads} cores", sweep.peak * threads, legend=False)
         ax.set_ylim(0, 1.08 * max(sweep.peak * max(threads, 1), ax.get_ylim()[1]))
@@ -229,8 +245,8 @@ def figure(sweep, path):
         ax.set_ylabel("GFLOP/s (useful work)")
         size_axis(ax, sizes, "sequence length N")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.945), ncol=3, frameon=False,
-               fontsize=9)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.945), ncol=3 if len(handles) <= 6 else 4,
+               frameon=False, fontsize=9)
 
     ratio = axes[1][0]
     for d, dashed in ((64, False), (128, True)):
@@ -238,6 +254,10 @@ def figure(sweep, path):
             draw_series(ratio, f"d = {d}, {'1 thread' if t == 1 else f'{threads} threads'}", sizes,
                         [sweep.ratio(("Differential", n, d, 0, t), ("Standard", n, d, 0, t)) for n in sizes],
                         COLORS["Differential" if t == 1 else "Differential, all threads"], dashed)
+    for d, dashed in ((64, False), (128, True)):
+        draw_series(ratio, f"d = {d}, bf16, 1 thread", sizes,
+                    [sweep.ratio(("DifferentialBf16", n, d, 0, 1), ("StandardBf16", n, d, 0, 1)) for n in sizes],
+                    COLORS["Differential, bf16"], dashed)
     reference(ratio, "target ≤ 1.05", 1.05, COLORS["Differential"])
     reference(ratio, "equal time", 1.0)
     ratio.set_title("Differential / standard time, non-causal", fontweight="bold")
@@ -252,9 +272,14 @@ def figure(sweep, path):
         draw_series(speedup, f"standard vs naive materialized, d = {d}", sizes,
                     [sweep.ratio(("NaiveMaterialized", n, d, 0, 1), ("Standard", n, d, 0, 1)) for n in sizes],
                     COLORS["NaiveMaterialized"], dashed)
+        draw_series(speedup, f"standard, bf16 vs fp32, d = {d}", sizes,
+                    [sweep.ratio(("Standard", n, d, 0, 1), ("StandardBf16", n, d, 0, 1)) for n in sizes],
+                    COLORS["bf16 vs fp32"], dashed)
     reference(speedup, "target ≥ 1.4 (fused vs composed)", 1.4, COLORS["DifferentialComposed"])
+    if sweep.has("StandardBf16"):
+        reference(speedup, "target ≥ 1.5 (bf16 vs fp32)", 1.5, COLORS["bf16 vs fp32"])
     reference(speedup, "equal time", 1.0)
-    speedup.set_ylim(bottom=0.8)
+    speedup.set_ylim(bottom=min(0.8, speedup.get_ylim()[0]))
     speedup.set_title("Speed-ups, 1 thread, non-causal", fontweight="bold")
     speedup.set_ylabel("speed-up (×, higher is better)")
     size_axis(speedup, sizes, "sequence length N")
@@ -265,11 +290,16 @@ def figure(sweep, path):
         for kv in (8, 2):
             draw_series(decode, f"Hkv = {kv}", lengths, [sweep.value("Decode", (n, kv, 0), "GB/s") for n in lengths],
                         COLORS[f"Hkv={kv}"])
+            for half in ("bf16", "f16"):
+                draw_series(decode, f"Hkv = {kv}, {half} K/V", lengths,
+                            [sweep.value(f"Decode{half.capitalize()}", (n, kv, 0), "GB/s") for n in lengths],
+                            COLORS[f"Hkv={kv}"], style=HALF_STYLE[half])
         reference(decode, f"read bandwidth ({sweep.bandwidth:.0f} GB/s)", sweep.bandwidth)
         reference(decode, "target: 70% of it", 0.7 * sweep.bandwidth, COLORS["Hkv=8"])
         decode.set_ylim(0, 1.15 * decode.get_ylim()[1])
         decode.set_title(f"Decoding: d = 128, 8 query heads, {threads} threads", fontweight="bold")
-        decode.set_ylabel("GB/s of K and V read")
+        half = sweep.has("DecodeBf16") or sweep.has("DecodeF16")
+        decode.set_ylabel("GB/s of K and V read" + (" (in their own type)" if half else ""))
         size_axis(decode, lengths, "KV length Nk")
     else:
         decode.set_axis_off()
@@ -280,7 +310,7 @@ def figure(sweep, path):
     ctx = sweep.context
     runs = len(sweep.sets)
     fig.suptitle(
-        f"diffattn, fp32, batch 1: {ctx.get('num_cpus', '?')} CPUs at {ctx.get('mhz_per_cpu', '?')} MHz "
+        f"diffattn, {'fp32 and bf16' if sweep.has('StandardBf16') else 'fp32'}, batch 1: {ctx.get('num_cpus', '?')} CPUs at {ctx.get('mhz_per_cpu', '?')} MHz "
         f"({ctx.get('host_name', '?')}), {ctx.get('date', '')[:10]}; measured by the benchmark binary: "
         f"FMA peak {sweep.peak:.0f} GFLOP/s per core, read bandwidth {sweep.bandwidth:.1f} GB/s\n"
         "Matched size: 2 differential heads (Q/K width d, V width 2d) vs 4 standard heads of width d. "
@@ -329,6 +359,27 @@ def summary(sweep):
                     f"{fmt(ratio(('DifferentialComposed', args1), ('Differential', args1)))} | "
                     f"{fmt(ratio(('Standard', args1), ('Standard', args0)))} | "
                     f"{fmt(ratio(('NaiveMaterialized', args1), ('Standard', args1)))} |")
+    if sweep.has("StandardBf16"):
+        lines += ["", "bf16 q, k, v and out against the fp32 rows of the same run (speed-up: fp32 time / bf16 time):",
+                  "", "| N | d | causal | bf16 std 1T GFLOP/s | std bf16 speed-up 1T | std bf16 speed-up 2T | "
+                  "diff bf16 speed-up 1T | bf16 diff/std 1T | bf16 diff/std 2T |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for n in sweep.sizes("StandardBf16"):
+            for d in (64, 128):
+                for causal in (0, 1):
+                    args1 = (n, d, causal, 1)
+                    args0 = (n, d, causal, 0)
+                    rate = sweep.value("StandardBf16", args1, "GFLOP/s")
+                    if rate is None:
+                        continue
+                    ratio = lambda a, b: sweep.ratio((a[0],) + a[1], (b[0],) + b[1])  # noqa: E731
+                    lines.append(
+                        f"| {n} | {d} | {'yes' if causal else 'no'} | {rate:.0f} | "
+                        f"{fmt(ratio(('Standard', args1), ('StandardBf16', args1)))} | "
+                        f"{fmt(ratio(('Standard', args0), ('StandardBf16', args0)))} | "
+                        f"{fmt(ratio(('Differential', args1), ('DifferentialBf16', args1)))} | "
+                        f"{fmt(ratio(('DifferentialBf16', args1), ('StandardBf16', args1)))} | "
+                        f"{fmt(ratio(('DifferentialBf16', args0), ('StandardBf16', args0)))} |")
     lengths = sweep.decode_lengths()
     if lengths:
         lines += ["", "| decode Nk | Hkv | ms | GB/s | % of read bandwidth |", "|---|---|---|---|---|"]
@@ -339,6 +390,18 @@ def summary(sweep):
                     continue
                 lines.append(f"| {n} | {kv} | {sweep.value('Decode', (n, kv, 0), 'ms'):.2f} | {gbs:.1f} | "
                              f"{100 * sweep.bandwidth_fraction(('Decode', n, kv, 0)):.0f}% |")
+    if lengths and (sweep.has("DecodeBf16") or sweep.has("DecodeF16")):
+        lines += ["", "| decode Nk | Hkv | K/V | ms | GB/s (half bytes) | % of read bandwidth | speed-up over fp32 |",
+                  "|---|---|---|---|---|---|---|"]
+        for n in lengths:
+            for kv in (8, 2):
+                for kernel, label in (("DecodeBf16", "bf16"), ("DecodeF16", "f16")):
+                    gbs = sweep.value(kernel, (n, kv, 0), "GB/s")
+                    if gbs is None:
+                        continue
+                    lines.append(f"| {n} | {kv} | {label} | {sweep.value(kernel, (n, kv, 0), 'ms'):.2f} | {gbs:.1f} | "
+                                 f"{100 * sweep.bandwidth_fraction((kernel, n, kv, 0)):.0f}% | "
+                                 f"{fmt(sweep.ratio(('Decode', n, kv, 0), (kernel, n, kv, 0)))} |")
     layouts = [("Decode", "[B, H, N, D] tensors"), ("DecodeKVCache", "diffattn::KVCache"),
                ("DecodeProjectionLayout", "[B, N, H, D] tensor, read as [B, H, N, D] views")]
     if any(sweep.get(kernel, 32768, kv, 0) is not None for kernel, _ in layouts[1:] for kv in (8, 2)):
