@@ -20,7 +20,7 @@ template <class T>
 void pack_value_rows(const FusedCall<T>& call, index_t batch, index_t kv_head, index_t first, index_t count,
                      std::uint32_t* vp) {
   call.args.v.visit([&](const auto& v) {
-    if constexpr (std::is_same_v<typename std::decay_t<decltype(v)>::value_type, bf16>) {
+    if constexpr (bf16_dot_for<T> && std::is_same_v<typename std::decay_t<decltype(v)>::value_type, bf16>) {
       pack_value_pairs(&v(batch, kv_head, first, 0), v.stride(2), count, call.problem().value_dim,
                        call.sizes.dv_pad, vp);
     }

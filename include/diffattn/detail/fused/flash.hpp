@@ -49,7 +49,7 @@ void key_tile_values(const TileContext<T>& c, const T* st1, const T* st2, index_
   const index_t rows = c.rows();
   const index_t dv_pad = c.call.sizes.dv_pad;
   const ScoreLayout layout = c.call.layout;
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (bf16_dot_for<T>) {
     if (c.plan().bf16_products) {  // Sᵀ, key_stride = rows_pad
       const std::uint32_t* vp = value_pairs(c, j0, count);
       value_pair_tile(c, st1, count, vp, first_state.acc, first_state.keep, first_state.add);

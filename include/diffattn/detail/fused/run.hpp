@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "diffattn/detail/fused/bf16_products.hpp"
@@ -85,10 +86,11 @@ void fused_attention(const FusedArgs<T>& a, int requested_threads, std::size_t w
 #pragma omp for schedule(static)
 #endif
       for (index_t w = 0; w < pair_items; ++w) {
-        const index_t head = w / FusedPlan::key_tiles(p.kv_len), first = w % FusedPlan::key_tiles(p.kv_len) * FusedPlan::key_tile;
-        const index_t head_rows = (p.kv_len + 1) / 2;
-        pack_value_rows(call, head / p.kv_heads, head % p.kv_heads, first, std::min(FusedPlan::key_tile, p.kv_len - first),
-                        pair_storage(cache.value_pairs.data()) + (head * head_rows + first / 2) * sizes.dv_pad);
+        const index_t head = w / FusedPlan::key_tiles(p.kv_len);  // batch · Hkv + kv head
+        const index_t first = w % FusedPlan::key_tiles(p.kv_len) * FusedPlan::key_tile;
+        const index_t count = std::min(FusedPlan::key_tile, p.kv_len - first);
+        std::uint32_t* dst = pair_storage(cache.value_pairs.data()) + (head * ((p.kv_len + 1) / 2) + first / 2) * sizes.dv_pad;
+        pack_value_rows(call, head / p.kv_heads, head % p.kv_heads, first, count, dst);
       }
     }
 #if defined(_OPENMP)

@@ -30,7 +30,7 @@ void score_products(const TileContext<T>& c, TensorView<const E, 4> k, const T* 
   const index_t depth = k.extent(3);
   const E* keys = &k(tile.batch, tile.kv_head, first, 0);
   const index_t rows_pad = layout.stride;  // Sᵀ only
-  if constexpr (std::is_same_v<T, float> && std::is_same_v<E, bf16>) {
+  if constexpr (bf16_dot_for<T> && std::is_same_v<E, bf16>) {
     if (plan.bf16_products) {
       score_tile_bf16(keys, k.stride(2), count, pair_storage(q_packed), rows_pad, depth, c.call.logit_factor, st,
                       rows_pad);
@@ -46,7 +46,7 @@ void score_products(const TileContext<T>& c, TensorView<const E, 4> k, const T* 
   const index_t key_stride = k.stride(2);
   // Score (key j, row r) at st[j·at_key + r·at_row].
   auto dot_scores = [&](index_t at_key, index_t at_row) {
-    if constexpr (std::is_same_v<T, float> && std::is_same_v<E, bf16>) {
+    if constexpr (bf16_dot_for<T> && std::is_same_v<E, bf16>) {
       if (plan.bf16_dot_scores) {
         score_tile_dot_bf16(keys, key_stride, count, reinterpret_cast<const bf16*>(q_packed), rows, depth,
                             c.call.logit_factor, st, at_key, at_row);

@@ -215,7 +215,7 @@ void pack_tile_queries(const TileContext<T>& c, index_t offset = 0) {
   auto pack = [&](const ElementView<T>& q, T* packed) {
     q.visit([&](const auto& view) {
       using E = typename std::decay_t<decltype(view)>::value_type;
-      if constexpr (std::is_same_v<T, float> && std::is_same_v<E, bf16>) {
+      if constexpr (bf16_dot_for<T> && std::is_same_v<E, bf16>) {
         if (c.plan().bf16_products) {
           pack_query_pairs(view, a.problem, c.tile, c.rows_pad(), pair_storage(packed));
           return;

@@ -102,7 +102,7 @@ void diff_two_pass_tile(const TileContext<T>& c) {
        B::load_unaligned(l2 + offset))
           .store_unaligned(factor2 + offset);
     }
-    if constexpr (std::is_same_v<T, float>) {
+    if constexpr (bf16_dot_for<T>) {
       if (plan.bf16_products) {  // P straight to bf16 pairs
         std::uint32_t* pairs = pair_storage(ws.pairs.data());
         pack_difference_pairs(e1, e2, factor1, factor2, count, rows_pad, pairs);

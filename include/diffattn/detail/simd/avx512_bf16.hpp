@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "diffattn/detail/kernels/blocking.hpp"
 #include "diffattn/detail/kernels/value_tile.hpp"
@@ -43,8 +44,8 @@ namespace detail {
 inline constexpr bool has_bf16_dot_product = true;
 #else
 inline constexpr bool has_bf16_dot_product = false;
-// Declared, never defined: templates choose these under `if constexpr
-// (has_bf16_dot_product)`, a branch no build without the instructions instantiates.
+// Declared, never defined: templates choose these under `if constexpr (bf16_dot_for<T>)`,
+// a branch no build without the instructions instantiates.
 void score_tile_bf16(const bf16* k, index_t k_stride, index_t keys, const std::uint32_t* qp, index_t rows_pad,
                      index_t depth, float factor, float* st, index_t st_stride);
 void pack_weight_pairs(const float* pt, index_t pt_stride, index_t keys, index_t rows_pad, std::uint32_t* pp);
@@ -57,6 +58,10 @@ void pack_value_pairs(const bf16* v, index_t v_stride, index_t keys, index_t wid
 void value_tile_bf16(const std::uint32_t* pp, index_t pp_stride, index_t rows, index_t keys, const std::uint32_t* vp,
                      index_t vp_stride, index_t width, float* o, index_t o_stride, const float* keep, const float* add);
 #endif
+
+/// Whether kernels computing in T have the bf16 pair products (float only).
+template <class T>
+inline constexpr bool bf16_dot_for = has_bf16_dot_product && std::is_same_v<T, float>;
 
 }  // namespace detail
 }  // namespace diffattn
