@@ -149,7 +149,7 @@ class MultiHeadAttention {
     Tensor<T, 4> heads({batch, tokens, shape_.output_heads, shape_.value_dim});
     // No <T>: K and V from a bf16 or f16 cache select the mixed-type overload.
     softmax_attention(bnhd_to_bhnd(p.q.view()), bnhd_to_bhnd(p.keys), bnhd_to_bhnd(p.values),
-                         bnhd_to_bhnd(heads.view()), options);
+                      bnhd_to_bhnd(heads.view()), options);
     return detail::project_output<T>(heads.view(), weights_.out_proj, shape_.embed_dim);
   }
 
