@@ -58,6 +58,21 @@ void key_tile_values(const TileContext<T>& c, const T* st1, const T* st2, index_
       }
       return;
     }
+    if (c.plan().bf16_dot_scores && layout.by_row && rows <= value_few_rows_max && !c.plan().pack_values) {
+      // Decoding: V rows paired in registers, P rounded to bf16 (as bf16_products does).
+      c.args().v.visit([&](const auto& v) {
+        if constexpr (std::is_same_v<typename std::decay_t<decltype(v)>::value_type, bf16>) {
+          const bf16* rows_v = &v(c.tile.batch, c.tile.kv_head, j0, 0);
+          value_rows_bf16(st1, layout.stride, rows, count, rows_v, v.stride(2), dv_pad, first_state.acc, dv_pad,
+                          first_state.keep, first_state.add);
+          if (second_state != nullptr) {
+            value_rows_bf16(st2, layout.stride, rows, count, rows_v, v.stride(2), dv_pad, second_state->acc, dv_pad,
+                            second_state->keep, second_state->add);
+          }
+        }
+      });
+      return;
+    }
   }
   with_value_rows(c, j0, count, [&](const auto* v, index_t v_stride) {
     value_tile(st1, layout.key_stride(), layout.row_stride(), rows, count, v, v_stride, dv_pad, first_state.acc,

@@ -126,7 +126,8 @@ struct FusedPlan {
   /// every query tile again (when it fits half the workspace limit).
   bool shared_value_pairs = false;
   /// Decoding tiles' scores on bf16 pairs (score_tile_dot_bf16): q and k/v bf16,
-  /// depth_in_lanes, AVX512_BF16. V rows convert in registers as for any half type.
+  /// depth_in_lanes, AVX512_BF16; and their P·V too (value_rows_bf16) for tiles of up to
+  /// value_few_rows_max rows whose V rows are read in place.
   bool bf16_dot_scores = false;
   index_t positions_per_tile = 1;  // query positions per tile; rows = group × positions
   index_t tiles_per_group = 0;     // ceil(Nq / positions_per_tile)

@@ -10,6 +10,7 @@
 ///   pack_difference_pairs  the same for P = e1·f1 − e2·f2, formed on the way
 ///   pack_value_pairs   bf16 V rows to key pairs
 ///   value_tile_bf16    O = O·keep + (P·V)·add on the packed pairs, as value_tile does
+///   value_rows_bf16    the same for decoding tiles, V pairs formed in registers
 /// The register blocks, panels and chunks mirror score_tile.hpp and value_tile.hpp; each
 /// output sums its pairs in order, whatever the blocking.
 ///
@@ -49,6 +50,8 @@ inline constexpr bool has_bf16_dot_product = false;
 void score_tile_bf16(const bf16* k, index_t k_stride, index_t keys, const std::uint32_t* qp, index_t rows_pad,
                      index_t depth, float factor, float* st, index_t st_stride);
 void pack_weight_pairs(const float* pt, index_t pt_stride, index_t keys, index_t rows_pad, std::uint32_t* pp);
+void value_rows_bf16(const float* pt, index_t pt_row_stride, index_t rows, index_t keys, const bf16* v,
+                     index_t v_stride, index_t width, float* o, index_t o_stride, const float* keep, const float* add);
 void pack_difference_pairs(const float* e1, const float* e2, const float* f1, const float* f2, index_t keys,
                            index_t rows_pad, std::uint32_t* pp);
 void score_tile_dot_bf16(const bf16* k, index_t k_stride, index_t keys, const bf16* q, index_t rows, index_t depth,
@@ -343,6 +346,58 @@ void score_rows_dot(const bf16* k, index_t k_stride, index_t keys, const bf16* q
     score_block_dot<1, R>(k + j * k_stride, k_stride, q, depth, factor, st + j * key_stride, key_stride, row_stride);
   }
 }
+
+/// value_few_rows on bf16 pairs: R rows (at most value_few_rows_max) of O over a 64-key
+/// chunk, NV vectors of the width from `d0`; w holds each row's weight pairs (R rows of
+/// 32 pairs). V rows are read in place and interleaved into key pairs in registers
+/// (vpermt2w), key j's row with key j + 1's; an odd last key pairs with zeros.
+template <int R, int NV>
+[[gnu::noinline]] void value_rows_block(const std::uint32_t* w, index_t keys, const bf16* v, index_t v_stride,
+                                        float* o, index_t o_stride, const float* keep, const float* add) {
+  const __m512i interleave = interleave_index(0, 32);
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_setzero_ps();
+  for (index_t j = 0; j < keys; j += 2) {
+    const bf16* first = v + j * v_stride;
+    __m512i values[NV];
+    for (int n = 0; n < NV; ++n) {
+      const __m512i a = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + 16 * n)));
+      const __m512i b =
+          j + 1 < keys
+              ? _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + v_stride + 16 * n)))
+              : _mm512_setzero_si512();
+      values[n] = _mm512_permutex2var_epi16(a, interleave, b);
+      keep_in_register(values[n]);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512i weight = broadcast_pair(w + r * 32 + j / 2);
+      for (int n = 0; n < NV; ++n) acc[r][n] = dot_pairs(acc[r][n], weight, values[n]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m512 scale_add = _mm512_set1_ps(add ? add[r] : 1.0f);
+    for (int n = 0; n < NV; ++n) {
+      float* out = o + r * o_stride + 16 * n;
+      __m512 old = _mm512_loadu_ps(out);
+      if (keep) old = _mm512_mul_ps(old, _mm512_set1_ps(keep[r]));
+      _mm512_storeu_ps(out, _mm512_fmadd_ps(acc[r][n], scale_add, old));
+    }
+  }
+}
+
+template <int R>
+void value_rows_chunk(const std::uint32_t* w, index_t keys, const bf16* v, index_t v_stride, index_t width, float* o,
+                      index_t o_stride, const float* keep, const float* add) {
+  // One or two rows keep 128 floats of every row in registers, so each V row is read
+  // whole and in order; three or four, 64 (their accumulators take the room).
+  constexpr int NV = R <= 2 ? 8 : 4;
+  index_t d = 0;
+  for (; d + 16 * NV <= width; d += 16 * NV) {
+    value_rows_block<R, NV>(w, keys, v + d, v_stride, o + d, o_stride, keep, add);
+  }
+  for (; d < width; d += 16) value_rows_block<R, 1>(w, keys, v + d, v_stride, o + d, o_stride, keep, add);
+}
 }  // namespace bf16_dot
 
 /// Sᵀ [keys, rows_pad] = factor · K [keys, depth] · Qᵀ, with st[j·st_stride + r] the
@@ -391,6 +446,41 @@ inline void score_tile_dot_bf16(const bf16* k, index_t k_stride, index_t keys, c
       default: bf16_dot::score_rows_dot<1>(k, k_stride, keys, q_rows, depth, factor, st_rows, key_stride, row_stride); break;
     }
   }
+}
+
+/// value_tile for decoding tiles on bf16 pairs: O [rows, width] = O·keep + (P·V)·add
+/// (RowScales; null keep/add stand for 1) for rows <= value_few_rows_max, P kept by row
+/// (p(j, r) at pt[r·pt_row_stride + j]) and rounded to bf16 key pairs, V bf16 rows read in
+/// place (width a multiple of 16), keys summed in chunks of value_chunk_keys.
+inline void value_rows_bf16(const float* pt, index_t pt_row_stride, index_t rows, index_t keys, const bf16* v,
+                            index_t v_stride, index_t width, float* o, index_t o_stride, const float* keep,
+                            const float* add) {
+  static_assert(value_chunk_keys == 64, "a chunk's weights are 32 pairs per row");
+  alignas(64) std::uint32_t w[value_few_rows_max * 32];
+  index_t j0 = 0;
+  do {
+    const index_t count = std::min(value_chunk_keys, keys - j0);
+    for (index_t r = 0; r < rows; ++r) {  // the row's weights, keys in order: pairs as they stand
+      const float* p = pt + r * pt_row_stride + j0;
+      for (index_t k = 0; k < 64; k += 32) {  // past the chunk's keys, weight 0
+        const index_t left = count - k;
+        const __mmask16 m0 = left >= 16 ? __mmask16(0xFFFF) : left > 0 ? __mmask16((1u << left) - 1) : __mmask16(0);
+        const __mmask16 m1 =
+            left >= 32 ? __mmask16(0xFFFF) : left > 16 ? __mmask16((1u << (left - 16)) - 1) : __mmask16(0);
+        const __m512 a = _mm512_maskz_loadu_ps(m0, p + k), b = _mm512_maskz_loadu_ps(m1, p + k + 16);
+        _mm512_store_si512(w + r * 32 + k / 2, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+      }
+    }
+    const bf16* chunk = v + j0 * v_stride;
+    switch (rows) {
+      case 1: bf16_dot::value_rows_chunk<1>(w, count, chunk, v_stride, width, o, o_stride, keep, add); break;
+      case 2: bf16_dot::value_rows_chunk<2>(w, count, chunk, v_stride, width, o, o_stride, keep, add); break;
+      case 3: bf16_dot::value_rows_chunk<3>(w, count, chunk, v_stride, width, o, o_stride, keep, add); break;
+      default: bf16_dot::value_rows_chunk<4>(w, count, chunk, v_stride, width, o, o_stride, keep, add); break;
+    }
+    keep = nullptr;  // later chunks add to what the first one kept
+    j0 += value_chunk_keys;
+  } while (j0 < keys);
 }
 
 /// Pairs of keys from fp32 Pᵀ [keys, rows_pad] (pt[j·pt_stride + r], rows_pad a multiple
