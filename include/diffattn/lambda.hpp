@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// The λ of differential attention: the layer schedule λ_init and the
-/// re-parameterisation λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init.
+/// re-parameterisation λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, and its gradients.
 
 #include <array>
 #include <cmath>
@@ -9,6 +9,7 @@
 
 #include "diffattn/errors.hpp"
 #include "diffattn/tensor.hpp"
+#include "diffattn/detail/validation_backward.hpp"
 
 namespace diffattn {
 
@@ -69,6 +70,77 @@ void lambda_reparam(TensorView<Q1, 2> lambda_q1, TensorView<K1, 2> lambda_k1,
     out(h) = static_cast<T>(lambda_reparam(lambda_q1.select(0, h), lambda_k1.select(0, h),
                                            lambda_q2.select(0, h), lambda_k2.select(0, h),
                                            lambda_init_value));
+  }
+}
+
+/// Gradients of λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init with respect to the four learned
+/// vectors, for the loss gradient dlambda (written, not accumulated into), in double:
+/// d_q1 = dλ·e1·λk1, d_k1 = dλ·e1·λq1, d_q2 = −dλ·e2·λk2, d_k2 = −dλ·e2·λq2 with
+/// e1 = exp(λq1·λk1), e2 = exp(λq2·λk2). All vectors [d].
+template <class T>
+void lambda_reparam_backward(detail::identity_t<TensorView<const T, 1>> lambda_q1,
+                             detail::identity_t<TensorView<const T, 1>> lambda_k1,
+                             detail::identity_t<TensorView<const T, 1>> lambda_q2,
+                             detail::identity_t<TensorView<const T, 1>> lambda_k2, double dlambda,
+                             TensorView<T, 1> d_q1, TensorView<T, 1> d_k1, TensorView<T, 1> d_q2,
+                             TensorView<T, 1> d_k2) {
+  const char* fn = "lambda_reparam_backward";
+  const char* names[7] = {"lambda_k1", "lambda_q2", "lambda_k2", "d_q1", "d_k1", "d_q2", "d_k2"};
+  const index_t widths[7] = {lambda_k1.extent(0), lambda_q2.extent(0), lambda_k2.extent(0), d_q1.extent(0),
+                             d_k1.extent(0), d_q2.extent(0), d_k2.extent(0)};
+  for (int i = 0; i < 7; ++i) detail::check_extent(fn, names[i], 0, "d", lambda_q1.extent(0), widths[i]);
+  detail::check_output(fn, "d_q1", d_q1);
+  detail::check_output(fn, "d_k1", d_k1);
+  detail::check_output(fn, "d_q2", d_q2);
+  detail::check_output(fn, "d_k2", d_k2);
+  detail::check_outputs_apart(fn,
+                              {detail::named("d_q1", d_q1), detail::named("d_k1", d_k1), detail::named("d_q2", d_q2),
+                               detail::named("d_k2", d_k2)},
+                              {detail::named("lambda_q1", lambda_q1), detail::named("lambda_k1", lambda_k1),
+                               detail::named("lambda_q2", lambda_q2), detail::named("lambda_k2", lambda_k2)});
+  const double g1 = dlambda * std::exp(detail::dot_in_double(lambda_q1, lambda_k1));
+  const double g2 = -dlambda * std::exp(detail::dot_in_double(lambda_q2, lambda_k2));
+  for (index_t c = 0; c < lambda_q1.extent(0); ++c) {
+    d_q1(c) = static_cast<T>(g1 * static_cast<double>(lambda_k1(c)));
+    d_k1(c) = static_cast<T>(g1 * static_cast<double>(lambda_q1(c)));
+    d_q2(c) = static_cast<T>(g2 * static_cast<double>(lambda_k2(c)));
+    d_k2(c) = static_cast<T>(g2 * static_cast<double>(lambda_q2(c)));
+  }
+}
+
+/// Per-head gradients of the per-head lambda_reparam: row h of each gradient from
+/// dlambda[h]. lambda_q1, lambda_k1, lambda_q2, lambda_k2 and the four gradients [H, d],
+/// dlambda [H].
+template <class T>
+void lambda_reparam_backward(detail::identity_t<TensorView<const T, 2>> lambda_q1,
+                             detail::identity_t<TensorView<const T, 2>> lambda_k1,
+                             detail::identity_t<TensorView<const T, 2>> lambda_q2,
+                             detail::identity_t<TensorView<const T, 2>> lambda_k2,
+                             detail::identity_t<TensorView<const T, 1>> dlambda, TensorView<T, 2> d_q1,
+                             TensorView<T, 2> d_k1, TensorView<T, 2> d_q2, TensorView<T, 2> d_k2) {
+  const char* fn = "lambda_reparam_backward";
+  const char* names[7] = {"lambda_k1", "lambda_q2", "lambda_k2", "d_q1", "d_k1", "d_q2", "d_k2"};
+  const std::array<index_t, 2> shapes[7] = {lambda_k1.shape(), lambda_q2.shape(), lambda_k2.shape(), d_q1.shape(),
+                                            d_k1.shape(), d_q2.shape(), d_k2.shape()};
+  for (int i = 0; i < 7; ++i) {
+    detail::check_extent(fn, names[i], 0, "H", lambda_q1.extent(0), shapes[i][0]);
+    detail::check_extent(fn, names[i], 1, "d", lambda_q1.extent(1), shapes[i][1]);
+  }
+  detail::check_extent(fn, "dlambda", 0, "H", lambda_q1.extent(0), dlambda.extent(0));
+  detail::check_output(fn, "d_q1", d_q1);
+  detail::check_output(fn, "d_k1", d_k1);
+  detail::check_output(fn, "d_q2", d_q2);
+  detail::check_output(fn, "d_k2", d_k2);
+  detail::check_outputs_apart(fn,
+                              {detail::named("d_q1", d_q1), detail::named("d_k1", d_k1), detail::named("d_q2", d_q2),
+                               detail::named("d_k2", d_k2)},
+                              {detail::named("lambda_q1", lambda_q1), detail::named("lambda_k1", lambda_k1),
+                               detail::named("lambda_q2", lambda_q2), detail::named("lambda_k2", lambda_k2),
+                               detail::named("dlambda", dlambda)});
+  for (index_t h = 0; h < lambda_q1.extent(0); ++h) {
+    lambda_reparam_backward<T>(lambda_q1.select(0, h), lambda_k1.select(0, h), lambda_q2.select(0, h),
+                               lambda_k2.select(0, h), static_cast<double>(dlambda(h)), d_q1.select(0, h),
+                               d_k1.select(0, h), d_q2.select(0, h), d_k2.select(0, h));
   }
 }
 

@@ -171,15 +171,14 @@ inline void check_threads(const char* fn, int threads) {
   }
 }
 
-/// Validates q/k/v/out (and the options' mask) and returns the problem they describe.
-/// `mask_out` receives the mask widened to [B, Hq, Nq, Nk] (empty when there is none).
-/// q, k, v and out may hold other element types than the options' T (the fused kernels
-/// take bf16/f16 with T = float).
-template <class T, class Q, class K, class V, class O>
-AttentionProblem validate_attention(const char* fn, TensorView<const Q, 4> q,
-                                    TensorView<const K, 4> k, TensorView<const V, 4> v,
-                                    TensorView<O, 4> out, const AttentionOptions<T>& options,
-                                    TensorView<const T, 4>& mask_out) {
+/// Validates q, k, v and the options (the mask, widened to [B, Hq, Nq, Nk] into
+/// `mask_out`, empty when there is none) and returns the problem they describe. q, k and
+/// v may hold other element types than the options' T (the fused kernels take bf16/f16
+/// with T = float). The caller checks its outputs (check_result, check_no_alias).
+template <class T, class Q, class K, class V>
+AttentionProblem validate_inputs(const char* fn, TensorView<const Q, 4> q, TensorView<const K, 4> k,
+                                 TensorView<const V, 4> v, const AttentionOptions<T>& options,
+                                 TensorView<const T, 4>& mask_out) {
   AttentionProblem p;
   p.batch = q.extent(0);
   p.q_heads = q.extent(1);
@@ -199,19 +198,10 @@ AttentionProblem validate_attention(const char* fn, TensorView<const Q, 4> q,
   check_extent(fn, "v", 0, "B", p.batch, v.extent(0));
   check_extent(fn, "v", 1, "Hkv", p.kv_heads, v.extent(1));
   check_extent(fn, "v", 2, "Nk", p.kv_len, v.extent(2));
-  check_extent(fn, "out", 0, "B", p.batch, out.extent(0));
-  check_extent(fn, "out", 1, "Hq", p.q_heads, out.extent(1));
-  check_extent(fn, "out", 2, "Nq", p.q_len, out.extent(2));
-  check_extent(fn, "out", 3, "Dv", p.value_dim, out.extent(3));
 
   check_last_dim_contiguous(fn, "q", q);
   check_last_dim_contiguous(fn, "k", k);
   check_last_dim_contiguous(fn, "v", v);
-  check_last_dim_contiguous(fn, "out", out);
-  check_output(fn, "out", out);
-  check_no_alias(fn, "out", out, "q", q);
-  check_no_alias(fn, "out", out, "k", k);
-  check_no_alias(fn, "out", out, "v", v);
 
   check_problem_size(fn, p);
   p.scale = resolve_scale<T>(fn, options.scale, p.head_dim);
@@ -227,10 +217,52 @@ AttentionProblem validate_attention(const char* fn, TensorView<const Q, 4> q,
     mask_out = broadcast_to(fn, "options.mask", mask, {p.batch, p.q_heads, p.q_len, p.kv_len},
                             mask_dims);
     check_last_dim_contiguous(fn, "options.mask", options.mask);
-    check_no_alias(fn, "out", out, "options.mask", options.mask);
     p.has_mask = true;
   }
   return p;
+}
+
+/// Checks a result tensor (an output, or the incoming gradient dout) against the extents
+/// it must have; an output (`is_output`) must also have a distinct element per index.
+template <class O>
+void check_result(const char* fn, const char* arg, TensorView<O, 4> view, const std::array<index_t, 4>& extents,
+                  const char* const* dim_names, bool is_output) {
+  for (std::size_t d = 0; d < 4; ++d) check_extent(fn, arg, d, dim_names[d], extents[d], view.extent(d));
+  check_last_dim_contiguous(fn, arg, view);
+  if (is_output) check_output(fn, arg, view);
+}
+
+inline constexpr const char* q_dim_names[4] = {"B", "Hq", "Nq", "D"};
+inline constexpr const char* k_dim_names[4] = {"B", "Hkv", "Nk", "D"};
+inline constexpr const char* v_dim_names[4] = {"B", "Hkv", "Nk", "Dv"};
+inline constexpr const char* out_dim_names[4] = {"B", "Hq", "Nq", "Dv"};
+
+/// Validates q/k/v/out (and the options' mask) and returns the problem they describe.
+/// `mask_out` receives the mask widened to [B, Hq, Nq, Nk] (empty when there is none).
+template <class T, class Q, class K, class V, class O>
+AttentionProblem validate_attention(const char* fn, TensorView<const Q, 4> q,
+                                    TensorView<const K, 4> k, TensorView<const V, 4> v,
+                                    TensorView<O, 4> out, const AttentionOptions<T>& options,
+                                    TensorView<const T, 4>& mask_out) {
+  const AttentionProblem p = validate_inputs(fn, q, k, v, options, mask_out);
+  check_result(fn, "out", out, {p.batch, p.q_heads, p.q_len, p.value_dim}, out_dim_names, true);
+  check_no_alias(fn, "out", out, "q", q);
+  check_no_alias(fn, "out", out, "k", k);
+  check_no_alias(fn, "out", out, "v", v);
+  if (p.has_mask) check_no_alias(fn, "out", out, "options.mask", options.mask);
+  return p;
+}
+
+/// Checks the second map (q2, k2) of a differential call against the first.
+template <class Q, class K>
+void check_second_map(const char* fn, TensorView<const Q, 4> q1, TensorView<const Q, 4> q2,
+                      TensorView<const K, 4> k1, TensorView<const K, 4> k2) {
+  for (std::size_t d = 0; d < 4; ++d) {
+    check_extent(fn, "q2", d, q_dim_names[d], q1.extent(d), q2.extent(d));
+    check_extent(fn, "k2", d, k_dim_names[d], k1.extent(d), k2.extent(d));
+  }
+  check_last_dim_contiguous(fn, "q2", q2);
+  check_last_dim_contiguous(fn, "k2", k2);
 }
 
 /// Validates the second map (q2, k2) of a differential call against the first.
@@ -238,14 +270,7 @@ template <class Q, class K, class O>
 void validate_second_map(const char* fn, TensorView<const Q, 4> q1, TensorView<const Q, 4> q2,
                          TensorView<const K, 4> k1, TensorView<const K, 4> k2,
                          TensorView<O, 4> out) {
-  static constexpr const char* q_dims[4] = {"B", "Hq", "Nq", "D"};
-  static constexpr const char* k_dims[4] = {"B", "Hkv", "Nk", "D"};
-  for (std::size_t d = 0; d < 4; ++d) {
-    check_extent(fn, "q2", d, q_dims[d], q1.extent(d), q2.extent(d));
-    check_extent(fn, "k2", d, k_dims[d], k1.extent(d), k2.extent(d));
-  }
-  check_last_dim_contiguous(fn, "q2", q2);
-  check_last_dim_contiguous(fn, "k2", k2);
+  check_second_map(fn, q1, q2, k1, k2);
   check_no_alias(fn, "out", out, "q2", q2);
   check_no_alias(fn, "out", out, "k2", k2);
 }

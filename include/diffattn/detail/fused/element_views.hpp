@@ -41,6 +41,8 @@ class ElementView {
     }
     return f(compute_);
   }
+  /// The view when it holds T (element() == Element::compute).
+  view_of<T> compute_view() const { return compute_; }
   index_t extent(std::size_t d) const {
     return visit([d](const auto& v) { return v.extent(d); });
   }

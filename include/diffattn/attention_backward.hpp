@@ -1,0 +1,150 @@
+#pragma once
+/// \file
+/// Gradients of the attention kernels, for training: softmax_attention_backward and
+/// diff_attention_backward, fused (scores recomputed tile by tile, no Nq × Nk matrix).
+///
+/// Shapes, layouts, strides, grouped-query attention, causal, the mask and every argument
+/// check are the forward's (attention.hpp), plus: dout has out's shape; each gradient has
+/// its input's shape (dlambda λ's), a contiguous last dimension and a distinct element per
+/// index, and shares no memory with an input or another gradient (diffattn::shape_error).
+/// The one exception: when k2 is the same view as k1 (shared keys), dk1 and dk2 may be
+/// the same view, which then receives the sum of both maps' key gradients.
+/// Gradients are written, not accumulated into. With grouped-query attention dk and dv
+/// sum over the query heads that read each kv head; dlambda sums over every position that
+/// reads each λ (its broadcast dimensions). Float or double, every tensor one type.
+///
+/// Nothing from the forward is needed: each query tile recomputes its scores (and exact
+/// softmax statistics) from q and k. docs/design.md ("Backward pass") gives the method and
+/// its cost: 2.5× the forward's FLOPs, 10·B·Hq·Nq·Nk·D for D = Dv. Scratch memory is linear
+/// in Nk: per thread (maps + 1)·Nk·rows floats of scores for a tile of up to 64 query
+/// rows, plus dK/dV sums of Nk·(2D + Dv) floats per thread (or per work item when a call
+/// has fewer than 16 kv heads × batch). Tiles shrink to fit options.workspace_limit down to
+/// one position per tile; a call whose one-position tile needs more still runs, on one
+/// thread. Results are bitwise identical for any thread count.
+///
+/// Edge cases: a row that sees no key has zero gradient (dq row 0, and it adds nothing to
+/// dk, dv or dλ); so has a differential map whose row sees no key, whatever λ is.
+/// Logits up to ±1e30 do not overflow. NaN propagates as in the forward.
+///
+/// Accuracy against diffattn::reference's backward run in double on the same inputs,
+/// per gradient, with G = max|dout|, V = max|v| and ε = ε_sum + 2·ε_logit of the forward's
+/// bound (attention.hpp):
+///   |dv − ref| <= (1 + |λ|)·G·ε_rows,   ε_rows = (160 + 6·⌈rows/64⌉)·u + …
+///   |dq − ref| <= scale·max|k|·(1 + |λ|)·2·G·V·(ε + ε_keys), and dk likewise with max|q|
+/// where dP = dO·Vᵀ is bounded by G·V·Dv. tests/test_backward.cpp enforces, over random
+/// cases, |g − ref| <= tol·(scale of g) with the tolerance stated there.
+
+#include <cstddef>
+#include <type_traits>
+#include <vector>
+
+#include "diffattn/attention.hpp"
+#include "diffattn/detail/fused/backward_run.hpp"
+#include "diffattn/detail/validation_backward.hpp"
+#include "diffattn/options.hpp"
+#include "diffattn/reference_backward.hpp"
+#include "diffattn/tensor.hpp"
+
+namespace diffattn {
+namespace detail {
+
+/// Sums the per-row dλ ([B, Hq, Nq] row-major) into dlambda's shape, in double, in row
+/// order: the same sum for any thread count.
+template <class T, std::size_t Rank>
+void sum_lambda_gradient(const T* rows, const AttentionProblem& p, TensorView<T, Rank> dlambda) {
+  std::vector<double> sums(static_cast<std::size_t>(dlambda.size()), 0.0);
+  for (index_t b = 0; b < p.batch; ++b)
+    for (index_t h = 0; h < p.q_heads; ++h)
+      for (index_t i = 0; i < p.q_len; ++i) {
+        sums[static_cast<std::size_t>(lambda_slot(dlambda, b, h, i))] +=
+            static_cast<double>(rows[(b * p.q_heads + h) * p.q_len + i]);
+      }
+  write_lambda_gradient(sums, dlambda);
+}
+
+template <class T, std::size_t LambdaRank>
+void run_diff_attention_backward(TensorView<const T, 4> q1, TensorView<const T, 4> q2, TensorView<const T, 4> k1,
+                                 TensorView<const T, 4> k2, TensorView<const T, 4> v,
+                                 TensorView<const T, LambdaRank> lambda, TensorView<const T, 4> dout,
+                                 TensorView<T, 4> dq1, TensorView<T, 4> dq2, TensorView<T, 4> dk1,
+                                 TensorView<T, 4> dk2, TensorView<T, 4> dv, TensorView<T, LambdaRank> dlambda,
+                                 const AttentionOptions<T>& options) {
+  BackwardArgs<T> b;
+  const DiffBackwardChecked<T> checked = validate_diff_backward("diff_attention_backward", q1, q2, k1, k2, v, lambda,
+                                                                dout, dq1, dq2, dk1, dk2, dv, dlambda, options,
+                                                                b.forward.mask);
+  b.forward.problem = checked.problem;
+  b.forward.lambda = checked.lambda;
+  b.forward.q1 = q1;
+  b.forward.q2 = q2;
+  b.forward.k1 = k1;
+  b.forward.k2 = k2;
+  b.forward.v = v;
+  b.forward.diff = true;
+  b.dout = dout;
+  b.dq1 = dq1;
+  b.dq2 = dq2;
+  b.dk1 = dk1;
+  b.dk2 = dk2;
+  b.dv = dv;
+  b.shared_dk = checked.shared_dk;
+  fused_backward(b, options.threads, options.workspace_limit);
+  sum_lambda_gradient(b.dlambda_rows, checked.problem, dlambda);
+}
+
+}  // namespace detail
+
+/// Gradients of out = softmax_attention(q, k, v, options) for the loss gradient dout.
+/// q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv], dout [B, Hq, Nq, Dv],
+/// dq [B, Hq, Nq, D], dk [B, Hkv, Nk, D], dv [B, Hkv, Nk, Dv].
+template <class T, detail::enable_compute_t<T> = 0>
+void softmax_attention_backward(detail::identity_t<TensorView<const T, 4>> q,
+                                detail::identity_t<TensorView<const T, 4>> k,
+                                detail::identity_t<TensorView<const T, 4>> v,
+                                detail::identity_t<TensorView<const T, 4>> dout, TensorView<T, 4> dq,
+                                TensorView<T, 4> dk, TensorView<T, 4> dv,
+                                const detail::identity_t<AttentionOptions<T>>& options = {}) {
+  detail::BackwardArgs<T> b;
+  b.forward.problem =
+      detail::validate_softmax_backward("softmax_attention_backward", q, k, v, dout, dq, dk, dv, options, b.forward.mask);
+  b.forward.q1 = q;
+  b.forward.k1 = k;
+  b.forward.v = v;
+  b.dout = dout;
+  b.dq1 = dq;
+  b.dk1 = dk;
+  b.dv = dv;
+  detail::fused_backward(b, options.threads, options.workspace_limit);
+}
+
+/// Gradients of out = diff_attention(q1, q2, k1, k2, v, lambda, options), λ per head.
+/// Shapes as diff_attention; dq1, dq2 as q1, dk1, dk2 as k1, dv as v, dlambda [Hq|1] as
+/// lambda. dk1 and dk2 may be one view when k1 and k2 are.
+template <class T, detail::enable_compute_t<T> = 0>
+void diff_attention_backward(detail::identity_t<TensorView<const T, 4>> q1,
+                             detail::identity_t<TensorView<const T, 4>> q2,
+                             detail::identity_t<TensorView<const T, 4>> k1,
+                             detail::identity_t<TensorView<const T, 4>> k2,
+                             detail::identity_t<TensorView<const T, 4>> v,
+                             detail::identity_t<TensorView<const T, 1>> lambda,
+                             detail::identity_t<TensorView<const T, 4>> dout, TensorView<T, 4> dq1,
+                             TensorView<T, 4> dq2, TensorView<T, 4> dk1, TensorView<T, 4> dk2, TensorView<T, 4> dv,
+                             TensorView<T, 1> dlambda, const detail::identity_t<AttentionOptions<T>>& options = {}) {
+  detail::run_diff_attention_backward<T>(q1, q2, k1, k2, v, lambda, dout, dq1, dq2, dk1, dk2, dv, dlambda, options);
+}
+
+/// As above with λ per query token and head: lambda and dlambda [B|1, Hq|1, Nq|1].
+template <class T, detail::enable_compute_t<T> = 0>
+void diff_attention_backward(detail::identity_t<TensorView<const T, 4>> q1,
+                             detail::identity_t<TensorView<const T, 4>> q2,
+                             detail::identity_t<TensorView<const T, 4>> k1,
+                             detail::identity_t<TensorView<const T, 4>> k2,
+                             detail::identity_t<TensorView<const T, 4>> v,
+                             detail::identity_t<TensorView<const T, 3>> lambda,
+                             detail::identity_t<TensorView<const T, 4>> dout, TensorView<T, 4> dq1,
+                             TensorView<T, 4> dq2, TensorView<T, 4> dk1, TensorView<T, 4> dk2, TensorView<T, 4> dv,
+                             TensorView<T, 3> dlambda, const detail::identity_t<AttentionOptions<T>>& options = {}) {
+  detail::run_diff_attention_backward<T>(q1, q2, k1, k2, v, lambda, dout, dq1, dq2, dk1, dk2, dv, dlambda, options);
+}
+
+}  // namespace diffattn
