@@ -73,6 +73,7 @@
 
 #include <type_traits>
 
+#include "diffattn/detail/fused/backward_run.hpp"
 #include "diffattn/detail/fused/run.hpp"
 #include "diffattn/half.hpp"
 #include "diffattn/options.hpp"
@@ -249,11 +250,13 @@ void diff_attention(const Q1& q1, const Q2& q2, const K1& k1, const K2& k2, cons
                                     detail::read_view(k2), detail::read_view(v), lambda, out, options);
 }
 
-/// Frees the scratch memory the kernels keep for the calling thread between calls (at
-/// most options.workspace_limit per element type); the next call allocates it again.
+/// Frees the scratch memory the kernels (forward and backward) keep for the calling
+/// thread between calls; the next call allocates it again.
 inline void release_scratch() {
   detail::scratch_cache<float>() = {};
   detail::scratch_cache<double>() = {};
+  detail::backward_scratch<float>() = {};
+  detail::backward_scratch<double>() = {};
 }
 
 }  // namespace diffattn

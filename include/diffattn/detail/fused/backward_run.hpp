@@ -27,6 +27,9 @@ struct BackwardPlan {
   /// Work items wanted: kv heads × segments; segments are added until there are this many
   /// (so that a call with few heads still spreads over the cores), as the workspace allows.
   static constexpr index_t target_items = 16;
+  /// Query rows per tile (all heads of a group), as the forward's: the summed dimension
+  /// of the dK and dV products (docs/tuning.md, "BackwardPlan::target_rows").
+  static constexpr index_t target_rows = 64;
   FusedPlan tiles;        // query tiles: positions_per_tile, tiles_per_group, pack_keys
   index_t segments = 1;   // query-tile segments per kv head
   index_t items = 0;      // B × Hkv × segments
@@ -52,7 +55,7 @@ BackwardPlan make_backward_plan(const BackwardArgs<T>& b, const BackwardSizes<T>
   const index_t key_maps = a.diff && !b.shared_dk ? 2 : 1;
   // Tile height and segments follow from the shapes and the limit, never the thread
   // count: both change the order in which dK and dV sum.
-  index_t positions = std::min(std::max<index_t>(1, FusedPlan::target_rows / p.group), std::max<index_t>(p.q_len, 1));
+  index_t positions = std::min(std::max<index_t>(1, BackwardPlan::target_rows / p.group), std::max<index_t>(p.q_len, 1));
   auto thread_bytes = [&](index_t pos) {
     return size_bytes<T>(
         BackwardWorkspace<T>::elements(p, sz, FusedSizes<T>::rows_padded(p.group * pos), a.diff, true));
