@@ -3,7 +3,8 @@
 // Matched configuration: h differential heads (Q/K width d, V width 2d) against 2h
 // standard heads of width d: the same parameters and, for the fused kernels, the same
 // 8·N²·d FLOPs per differential head. Both fused kernels also run on bf16 inputs (…Bf16 rows),
-// and decoding on bf16 and f16 K/V (DecodeBf16, DecodeF16). Baselines in the same binary:
+// and decoding on bf16 and f16 K/V (DecodeBf16, DecodeF16). The fused backward passes run on
+// the same problem (StandardBackward, DifferentialBackward). Baselines in the same binary:
 //   - naive: materialized attention, Eigen GEMMs and a full softmax over N×N;
 //   - composed differential: two standard calls plus a subtraction, as GPU code does.
 // The machine's FMA peak and read bandwidth are measured at start-up by this binary, so
@@ -16,6 +17,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +28,7 @@
 #include <random>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -209,6 +212,14 @@ struct MatchedBf16 {
   Tensor<bf16, 4> q1, q2, k1, k2, v2, out2;
 };
 
+/// The backward rows' loss gradients (dout, random) and gradient outputs, shaped as the
+/// matched problem's outputs and inputs.
+struct MatchedGradients {
+  Tensor<float, 4> dout, dq, dk, dv;                 // standard
+  Tensor<float, 4> dout2, dq1, dq2, dk1, dk2, dv2;  // differential
+  Tensor<float, 1> dlambda;
+};
+
 struct Matched {
   index_t n, d;
   Tensor<float, 4> q, k, v, out;                 // standard: [1, 2h, N, d]
@@ -232,9 +243,28 @@ struct Matched {
     }
     return *half;
   }
+  /// Made on first use, as the bf16 inputs are.
+  MatchedGradients& gradients() {
+    if (!grads) {
+      grads = std::make_unique<MatchedGradients>(MatchedGradients{
+          random_tensor(out.shape(), 9), Tensor<float, 4>(q.shape()), Tensor<float, 4>(k.shape()),
+          Tensor<float, 4>(v.shape()), random_tensor(out2.shape(), 10), Tensor<float, 4>(q1.shape()),
+          Tensor<float, 4>(q2.shape()), Tensor<float, 4>(k1.shape()), Tensor<float, 4>(k2.shape()),
+          Tensor<float, 4>(v2.shape()), Tensor<float, 1>(lambda.shape())});
+    }
+    return *grads;
+  }
+  /// Frees the gradients and the backward pass's scratch, which release_scratch() leaves
+  /// (Nk scores per tile row, map and thread, and the dK/dV sums), so that a forward row
+  /// run after a backward one reports the resident memory it would without them.
+  void release_backward() {
+    grads.reset();
+    diffattn::detail::backward_scratch<float>() = {};
+  }
 
  private:
   std::unique_ptr<MatchedBf16> half;
+  std::unique_ptr<MatchedGradients> grads;
 };
 
 /// FLOPs of the matched problem: 2·N²·(D + Dv) per standard head, halved by causality
@@ -244,6 +274,12 @@ double matched_flops(index_t n, index_t d, bool causal) {
                       static_cast<double>(n) * static_cast<double>(2 * d);
   return causal ? full * (static_cast<double>(n) + 1) / (2.0 * static_cast<double>(n)) : full;
 }
+
+/// FLOPs of the matched problem's backward pass: 2.5× the forward's, 10·N²·d per standard
+/// head of width d (scores again, dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K and dK = dSᵀ·Q, each
+/// 2·N²·d), halved by causality as the forward's. A differential head (Q/K d, V 2d) counts
+/// as its two matched standard heads: 20·N²·d, what its kernel computes.
+double matched_backward_flops(index_t n, index_t d, bool causal) { return 2.5 * matched_flops(n, d, causal); }
 
 /// A field of /proc/self/status in MiB ("VmRSS": resident now, "VmHWM": peak).
 double status_mib(const char* field) {
@@ -292,12 +328,20 @@ struct Args {
 };
 
 std::unique_ptr<Matched> current;
-Matched& problem(index_t n, index_t d) {
+/// The matched problem of size (n, d), made again when either changes.
+Matched& matched(index_t n, index_t d) {
   if (!current || current->n != n || current->d != d) {
     current.reset();
     current = std::make_unique<Matched>(n, d);
   }
   return *current;
+}
+
+/// The forward rows' problem: the matched one without the backward rows' memory.
+Matched& problem(index_t n, index_t d) {
+  Matched& m = matched(n, d);
+  m.release_backward();
+  return m;
 }
 
 void BM_Standard(benchmark::State& state) {
@@ -350,6 +394,36 @@ void BM_DifferentialBf16(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   set_compute_counters(state, matched_flops(args.n, args.d, args.causal), args.threads);
+}
+
+/// The fused backward passes: the matched problem's gradients for a random dout, with
+/// nothing kept from the forward (the kernel recomputes the scores). The gradient tensors
+/// are made before the timed loop (again when a forward row has freed them).
+void BM_StandardBackward(benchmark::State& state) {
+  const Args args(state);
+  Matched& m = matched(args.n, args.d);
+  MatchedGradients& g = m.gradients();
+  const auto options = args.options();
+  reset_peak_rss();
+  for (auto _ : state) {
+    diffattn::softmax_attention_backward<float>(m.q, m.k, m.v, g.dout, g.dq, g.dk, g.dv, options);
+    benchmark::ClobberMemory();
+  }
+  set_compute_counters(state, matched_backward_flops(args.n, args.d, args.causal), args.threads);
+}
+
+void BM_DifferentialBackward(benchmark::State& state) {
+  const Args args(state);
+  Matched& m = matched(args.n, args.d);
+  MatchedGradients& g = m.gradients();
+  const auto options = args.options();
+  reset_peak_rss();
+  for (auto _ : state) {
+    diffattn::diff_attention_backward<float>(m.q1, m.q2, m.k1, m.k2, m.v2, m.lambda, g.dout2, g.dq1, g.dq2, g.dk1,
+                                             g.dk2, g.dv2, g.dlambda, options);
+    benchmark::ClobberMemory();
+  }
+  set_compute_counters(state, matched_backward_flops(args.n, args.d, args.causal), args.threads);
 }
 
 /// Differential attention as two standard calls and a subtraction (12·N²·d per head).
@@ -523,6 +597,13 @@ void register_prefill(const std::vector<int64_t>& args, bool baselines, bool nai
   add("DifferentialBf16", BM_DifferentialBf16);
 }
 
+void register_backward(const std::vector<int64_t>& args) {
+  for (auto [name, fn] : {std::pair{"StandardBackward", BM_StandardBackward},
+                          std::pair{"DifferentialBackward", BM_DifferentialBackward}}) {
+    benchmark::RegisterBenchmark(name, fn)->Args(args)->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+}
+
 void register_benchmarks(bool full) {
   const std::vector<index_t> sizes = full ? std::vector<index_t>{128, 512, 1024, 2048, 4096, 8192, 16384}
                                           : std::vector<index_t>{512, 2048};
@@ -533,6 +614,8 @@ void register_benchmarks(bool full) {
         if (!full && causal && n != 2048) continue;
         for (int threads : {1, 0}) {
           register_prefill({n, d, causal, threads}, true, threads == 1 && n <= (full ? 8192 : 2048));
+          // The backward rows after their cell's forward ones, for the backward/forward ratio.
+          if (full && n >= 512 && n <= 8192) register_backward({n, d, causal, threads});
         }
       }
     }
@@ -541,6 +624,19 @@ void register_benchmarks(bool full) {
     // The bf16 speed-up target's other width (N = 2048, d = 128, one thread), without the
     // baselines, to keep the short sweep short.
     for (int causal : {0, 1}) register_prefill({2048, 128, causal, 1}, false, false);
+    // The backward rows at N = 2048 for both widths. Their backward/forward ratio needs the
+    // standard forward of each cell, which the rows above lack at d = 128 on all threads.
+    for (index_t d : {64, 128}) {
+      for (int causal : {0, 1}) {
+        for (int threads : {1, 0}) {
+          if (d == 128 && threads == 0) {
+            benchmark::RegisterBenchmark("Standard", BM_Standard)->Args({2048, d, causal, threads})
+                ->Unit(benchmark::kMillisecond)->UseRealTime();
+          }
+          register_backward({2048, d, causal, threads});
+        }
+      }
+    }
   }
   const std::vector<index_t> decode_lengths = full ? std::vector<index_t>{4096, 32768, 65536} : std::vector<index_t>{32768};
   for (index_t kv_len : decode_lengths) {
@@ -638,6 +734,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
                 "fused/composed: speed-up of the fused differential kernel over two standard calls (target >= 1.4)\n"
                 "naive/fused: speed-up of the fused standard kernel over materialized attention (target >= 4 at N = 4096)\n"
                 "bf16x: speed-up of bf16 q/k/v/out over fp32, fp32 time / bf16 time (target >= 1.5 at N = 2048, 1 thread)\n");
+    print_backward_table();
     std::printf("\n%-30s %9s | %10s %8s | %10s %8s\n", "decode (Nk/Hkv/threads)", "fp32 % bw", "bf16x", "% bw",
                 "f16x", "% bw");
     for (const auto& [name, time] : results_) {
@@ -655,6 +752,60 @@ class RatioReporter : public benchmark::ConsoleReporter {
   }
 
  private:
+  /// The backward rows, one line per N/d/causal/threads cell in the sweep's order.
+  void print_backward_table() const {
+    std::vector<std::array<long, 4>> cells;
+    for (const auto& entry : results_) {
+      for (const char* prefix : {"StandardBackward/", "DifferentialBackward/"}) {
+        std::array<long, 4> cell{};
+        if (entry.first.rfind(prefix, 0) == 0 &&
+            std::sscanf(entry.first.c_str() + std::strlen(prefix), "%ld/%ld/%ld/%ld", &cell[0], &cell[1], &cell[2],
+                        &cell[3]) == 4) {
+          cells.push_back(cell);
+        }
+      }
+    }
+    if (cells.empty()) return;
+    // Threads 1 before 0 (all cores), so each speed-up sits under its one-thread line.
+    const auto order = [](const std::array<long, 4>& c) {
+      return std::array<long, 4>{c[0], c[1], c[2], c[3] == 0 ? 1L << 30 : c[3]};
+    };
+    std::sort(cells.begin(), cells.end(), [&](const auto& a, const auto& b) { return order(a) < order(b); });
+    cells.erase(std::unique(cells.begin(), cells.end()), cells.end());
+    const std::string speedup = std::to_string(all_threads()) + "T/1T";
+    std::printf("\n%-30s %10s %8s %9s | %13s %13s\n", "backward (N/d/causal/threads)", "std % peak", "bwd/fwd",
+                "diff/std", (speedup + " std").c_str(), (speedup + " diff").c_str());
+    for (const auto& cell : cells) {
+      char key[96];
+      std::snprintf(key, sizeof key, "%ld/%ld/%ld/%ld", cell[0], cell[1], cell[2], cell[3]);
+      char one_thread[96];
+      std::snprintf(one_thread, sizeof one_thread, "%ld/%ld/%ld/1", cell[0], cell[1], cell[2]);
+      const std::string standard = "StandardBackward/" + std::string(key);
+      const std::string differential = "DifferentialBackward/" + std::string(key);
+      const bool threaded = cell[3] != 1;
+      std::printf("%-30s %10s %8s %9s | %13s %13s\n", key, peak_share(standard).c_str(),
+                  ratio(lookup(standard), lookup("Standard/" + std::string(key))).c_str(),
+                  ratio(lookup(differential), lookup(standard)).c_str(),
+                  threaded ? ratio(lookup("StandardBackward/" + std::string(one_thread)), lookup(standard)).c_str() : "",
+                  threaded ? ratio(lookup("DifferentialBackward/" + std::string(one_thread)), lookup(differential)).c_str()
+                           : "");
+    }
+    std::printf("std %% peak: the standard backward's GFLOP/s over the FMA peak × threads, counting 2.5× the\n"
+                "  forward's FLOPs (10·N²·d per standard head of width d; causal: the unmasked half)\n"
+                "bwd/fwd: time of the standard backward over the standard forward (2.5 at equal GFLOP/s)\n"
+                "diff/std: time of the differential backward over the standard backward at the matched size\n"
+                "%s: speed-up of each backward from 1 thread to %d (1-thread time / %d-thread time)\n",
+                speedup.c_str(), all_threads(), all_threads());
+  }
+  /// A compute row's GFLOP/s as a share of the FMA peak times its threads, or "-".
+  std::string peak_share(const std::string& name) const {
+    const auto it = rates_.find(name);
+    if (it == rates_.end() || it->second.gflops <= 0 || machine.fma_peak_gflops <= 0) return "-";
+    char text[32];
+    std::snprintf(text, sizeof text, "%.1f%%",
+                  100 * it->second.gflops / (machine.fma_peak_gflops * std::max(it->second.threads, 1.0)));
+    return text;
+  }
   double lookup(const std::string& name) const {
     const auto it = results_.find(name);
     return it == results_.end() ? 0 : it->second;

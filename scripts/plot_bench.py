@@ -380,6 +380,29 @@ def summary(sweep):
                         f"{fmt(ratio(('Differential', args1), ('DifferentialBf16', args1)))} | "
                         f"{fmt(ratio(('DifferentialBf16', args1), ('StandardBf16', args1)))} | "
                         f"{fmt(ratio(('DifferentialBf16', args0), ('StandardBf16', args0)))} |")
+    if sweep.has("StandardBackward"):
+        lines += ["", "Backward passes against the forward of the same run; their GFLOP/s count 2.5× the forward's"
+                  " FLOPs (10·N²·d per standard head of width d):",
+                  "", "| N | d | causal | std bwd 1T GFLOP/s (% peak) | bwd/fwd 1T | bwd/fwd 2T | diff/std bwd 1T | "
+                  "diff/std bwd 2T | std bwd 2T / 1T | diff bwd 2T / 1T |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for n in sweep.sizes("StandardBackward"):
+            for d in (64, 128):
+                for causal in (0, 1):
+                    args1 = (n, d, causal, 1)
+                    args0 = (n, d, causal, 0)
+                    rate = sweep.value("StandardBackward", args1, "GFLOP/s")
+                    if rate is None:
+                        continue
+                    ratio = lambda a, b: sweep.ratio((a[0],) + a[1], (b[0],) + b[1])  # noqa: E731
+                    lines.append(
+                        f"| {n} | {d} | {'yes' if causal else 'no'} | {rate:.0f} ({100 * rate / sweep.peak:.0f}%) | "
+                        f"{fmt(ratio(('StandardBackward', args1), ('Standard', args1)))} | "
+                        f"{fmt(ratio(('StandardBackward', args0), ('Standard', args0)))} | "
+                        f"{fmt(ratio(('DifferentialBackward', args1), ('StandardBackward', args1)))} | "
+                        f"{fmt(ratio(('DifferentialBackward', args0), ('StandardBackward', args0)))} | "
+                        f"{fmt(ratio(('StandardBackward', args1), ('StandardBackward', args0)))} | "
+                        f"{fmt(ratio(('DifferentialBackward', args1), ('DifferentialBackward', args0)))} |")
     lengths = sweep.decode_lengths()
     if lengths:
         lines += ["", "| decode Nk | Hkv | ms | GB/s | % of read bandwidth |", "|---|---|---|---|---|"]
