@@ -254,12 +254,12 @@ struct Matched {
     }
     return *grads;
   }
-  /// Frees the gradients and the backward pass's scratch, which release_scratch() leaves
-  /// (Nk scores per tile row, map and thread, and the dK/dV sums), so that a forward row
-  /// run after a backward one reports the resident memory it would without them.
+  /// Frees the gradients and the kernels' scratch (the backward's holds Nk scores per tile
+  /// row, map and thread, and the dK/dV sums), so that a forward row run after a backward
+  /// one reports the resident memory it would without them.
   void release_backward() {
     grads.reset();
-    diffattn::detail::backward_scratch<float>() = {};
+    diffattn::release_scratch();
   }
 
  private:
