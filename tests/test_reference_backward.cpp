@@ -16,6 +16,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "helpers.hpp"
@@ -84,16 +86,6 @@ void expect_matches_finite_differences(const std::string& name, TensorView<doubl
   });
 }
 
-/// |fused − reference| <= kFusedTolerance·max|reference| elementwise (exact where the
-/// reference is all zeros).
-template <std::size_t R>
-void expect_fused_matches(const std::string& name, TensorView<const double, R> fused,
-                          TensorView<const double, R> reference) {
-  const double scale = max_abs(reference);
-  EXPECT_LE(max_abs_diff(fused, reference), kFusedTolerance * scale)
-      << name << ": max |fused − reference| " << max_abs_diff(fused, reference) << ", scale " << scale;
-}
-
 template <std::size_t R>
 double max_difference(const Tensor<double, R>& a, const Tensor<double, R>& b) {
   return max_abs_diff(a.view(), b.view());
@@ -103,9 +95,14 @@ double max_magnitude(const Tensor<double, R>& a) {
   return max_abs(a.view());
 }
 
+/// |fused − reference| <= kFusedTolerance·max|reference| elementwise (exact where the
+/// reference is all zeros).
 template <std::size_t R>
-void fill(TensorView<double, R> view, double value) {
-  for_each_index(view.shape(), [&](const auto& idx) { view.at(idx) = value; });
+void expect_fused_matches(const std::string& name, const Tensor<double, R>& fused,
+                          const Tensor<double, R>& reference) {
+  EXPECT_LE(max_difference(fused, reference), kFusedTolerance * max_magnitude(reference))
+      << name << ": max |fused − reference| " << max_difference(fused, reference) << ", scale "
+      << max_magnitude(reference);
 }
 
 struct Shape {
@@ -285,9 +282,9 @@ TEST(ReferenceBackwardTest, SoftmaxMatchesFiniteDifferences) {
     expect_zero_where_unseen(p, g.dq, g.dk, g.dv);
 
     const SoftmaxGradients fused(Impl::fused, p.q1, p.k1, p.v, p.dout, p.options);
-    expect_fused_matches<4>("fused dq", fused.dq, g.dq);
-    expect_fused_matches<4>("fused dk", fused.dk, g.dk);
-    expect_fused_matches<4>("fused dv", fused.dv, g.dv);
+    expect_fused_matches("fused dq", fused.dq, g.dq);
+    expect_fused_matches("fused dk", fused.dk, g.dk);
+    expect_fused_matches("fused dv", fused.dv, g.dv);
   }
 }
 
@@ -324,12 +321,12 @@ void check_diff_case(Problem& p, Tensor<double, LambdaRank>& lambda, bool shared
   expect_zero_where_unseen(p, g.dq2, shared_keys ? g.dk1 : g.dk2, g.dv);
 
   const DiffGradients<LambdaRank> fused(Impl::fused, p, lambda, shared_keys);
-  expect_fused_matches<4>("fused dq1", fused.dq1, g.dq1);
-  expect_fused_matches<4>("fused dq2", fused.dq2, g.dq2);
-  expect_fused_matches<4>("fused dk1", fused.dk1, g.dk1);
-  if (!shared_keys) expect_fused_matches<4>("fused dk2", fused.dk2, g.dk2);
-  expect_fused_matches<4>("fused dv", fused.dv, g.dv);
-  expect_fused_matches<LambdaRank>("fused dlambda", fused.dlambda, g.dlambda);
+  expect_fused_matches("fused dq1", fused.dq1, g.dq1);
+  expect_fused_matches("fused dq2", fused.dq2, g.dq2);
+  expect_fused_matches("fused dk1", fused.dk1, g.dk1);
+  if (!shared_keys) expect_fused_matches("fused dk2", fused.dk2, g.dk2);
+  expect_fused_matches("fused dv", fused.dv, g.dv);
+  expect_fused_matches("fused dlambda", fused.dlambda, g.dlambda);
 }
 
 TEST(ReferenceBackwardTest, DiffMatchesFiniteDifferencesWithLambdaPerHead) {
@@ -630,7 +627,7 @@ TEST(LambdaReparamBackwardTest, VectorFormMatchesFiniteDifferences) {
   expect_matches_finite_differences("d_q2", q2.view(), d_q2.view(), loss);
   expect_matches_finite_differences("d_k2", k2.view(), d_k2.view(), loss);
 
-  // Strided inputs and outputs, and float, give the same (rounded) values.
+  // A strided output gets the same values; float inputs the same to float rounding.
   Tensor<double, 1> wide({10}, 7.0);
   const TensorView<double, 1> strided = wide.view().slice(0, 1, 10, 2);
   Tensor<float, 1> q1f({5}), k1f({5}), q2f({5}), k2f({5}), d_q1f({5}), d_k1f({5}), d_q2f({5}), d_k2f({5});
@@ -645,8 +642,9 @@ TEST(LambdaReparamBackwardTest, VectorFormMatchesFiniteDifferences) {
   for (index_t c = 0; c < 5; ++c) {
     EXPECT_EQ(strided(c), d_q1(c));
     EXPECT_EQ(wide(2 * c), 7.0) << "a gap of the strided output was written";
-    // Float inputs carry a rounding of ε_f/2 each; through the dot products (|q·k| < 5)
-    // and exp that moves a gradient by a few ε_f relative to its scale.
+    // Float inputs carry a rounding of ε_f/2 each: the dot products (|q·k| < 5) move by up
+    // to 5·ε_f, which exp turns into a relative error of 5·ε_f, plus the rounding of the
+    // factor and the result: about 6·ε_f of the gradient, and 64 leaves a margin of 10.
     EXPECT_NEAR(d_q1f(c), d_q1(c), tolerance<float>(64, std::abs(d_q1(c))));
     EXPECT_NEAR(d_k2f(c), d_k2(c), tolerance<float>(64, std::abs(d_k2(c))));
   }
@@ -673,6 +671,550 @@ TEST(LambdaReparamBackwardTest, PerHeadFormMatchesFiniteDifferences) {
   expect_matches_finite_differences("d_k1", k1.view(), d_k1.view(), loss);
   expect_matches_finite_differences("d_q2", q2.view(), d_q2.view(), loss);
   expect_matches_finite_differences("d_k2", k2.view(), d_k2.view(), loss);
+}
+
+// Argument errors. Reference and fused share validation_backward.hpp; every check runs
+// against both, and no output may be written before the error.
+
+constexpr double kSentinel = 777;
+constexpr const char* q_dims[4] = {"B", "Hq", "Nq", "D"};
+constexpr const char* k_dims[4] = {"B", "Hkv", "Nk", "D"};
+constexpr const char* v_dims[4] = {"B", "Hkv", "Nk", "Dv"};
+constexpr const char* out_dims[4] = {"B", "Hq", "Nq", "Dv"};
+
+/// "'dq' dimension 2 (Nq): expected 3, got 10", as detail::throw_extent_mismatch words it.
+std::string extent_text(const std::string& arg, std::size_t dim, const char* dim_name, index_t expected,
+                        index_t got) {
+  std::ostringstream out;
+  out << "'" << arg << "' dimension " << dim << " (" << dim_name << "): expected " << expected << ", got " << got;
+  return out.str();
+}
+
+/// Storage for the views of argument-error cases, alive for the whole test.
+class Buffers {
+ public:
+  /// A contiguous tensor of `shape` filled with `value`.
+  template <std::size_t R>
+  TensorView<double, R> make(const std::array<index_t, R>& shape, double value = kSentinel) {
+    index_t count = 1;
+    for (index_t e : shape) count *= e;
+    return TensorView<double, R>(flat(count, value), shape);
+  }
+  /// `count` elements filled with `value`, to carve overlapping views from.
+  double* flat(index_t count, double value = kSentinel) {
+    storage_.emplace_back(static_cast<std::size_t>(std::max<index_t>(count, 1)), value);
+    return storage_.back().data();
+  }
+  /// A view of `shape` whose last dimension has stride 2.
+  TensorView<double, 4> strided_last(std::array<index_t, 4> shape) {
+    std::array<index_t, 4> wide = shape;
+    wide[3] *= 2;
+    return make(wide).slice(3, 0, wide[3], 2);
+  }
+  /// A view of `shape` whose dimension `dim` has stride 0 (all its indices alias).
+  TensorView<double, 4> aliased(std::array<index_t, 4> shape, std::size_t dim) {
+    const index_t extent = shape[dim];
+    shape[dim] = 1;
+    return make(shape).broadcast(dim, extent);
+  }
+
+ private:
+  std::deque<std::vector<double>> storage_;
+};
+
+template <std::size_t R>
+void append(std::vector<double>& values, TensorView<const double, R> view) {
+  for_each_index(view.shape(), [&](const auto& idx) { values.push_back(view.at(idx)); });
+}
+
+constexpr Shape kArgs{2, 4, 2, 3, 5, 4, 6};
+constexpr std::array<index_t, 4> kQShape{kArgs.batch, kArgs.q_heads, kArgs.q_len, kArgs.head_dim};
+constexpr std::array<index_t, 4> kKShape{kArgs.batch, kArgs.kv_heads, kArgs.kv_len, kArgs.head_dim};
+constexpr std::array<index_t, 4> kVShape{kArgs.batch, kArgs.kv_heads, kArgs.kv_len, kArgs.value_dim};
+constexpr std::array<index_t, 4> kOutShape{kArgs.batch, kArgs.q_heads, kArgs.q_len, kArgs.value_dim};
+
+struct SoftmaxCall {
+  TensorView<const double, 4> q, k, v, dout;
+  TensorView<double, 4> dq, dk, dv;
+  AttentionOptions<double> options;
+
+  static std::string name(Impl impl) {
+    return impl == Impl::reference ? "reference::softmax_attention_backward" : "softmax_attention_backward";
+  }
+  void operator()(Impl impl) const {
+    if (impl == Impl::reference) {
+      ref::softmax_attention_backward<double>(q, k, v, dout, dq, dk, dv, options);
+    } else {
+      diffattn::softmax_attention_backward<double>(q, k, v, dout, dq, dk, dv, options);
+    }
+  }
+  std::vector<double> outputs() const {
+    std::vector<double> values;
+    for (TensorView<const double, 4> view : {dq, dk, dv}) append(values, view);
+    return values;
+  }
+};
+
+template <std::size_t LambdaRank>
+struct DiffCall {
+  TensorView<const double, 4> q1, q2, k1, k2, v;
+  TensorView<const double, LambdaRank> lambda;
+  TensorView<const double, 4> dout;
+  TensorView<double, 4> dq1, dq2, dk1, dk2, dv;
+  TensorView<double, LambdaRank> dlambda;
+  AttentionOptions<double> options;
+
+  static std::string name(Impl impl) {
+    return impl == Impl::reference ? "reference::diff_attention_backward" : "diff_attention_backward";
+  }
+  void operator()(Impl impl) const {
+    if (impl == Impl::reference) {
+      ref::diff_attention_backward<double>(q1, q2, k1, k2, v, lambda, dout, dq1, dq2, dk1, dk2, dv, dlambda,
+                                           options);
+    } else {
+      diffattn::diff_attention_backward<double>(q1, q2, k1, k2, v, lambda, dout, dq1, dq2, dk1, dk2, dv, dlambda,
+                                                options);
+    }
+  }
+  std::vector<double> outputs() const {
+    std::vector<double> values;
+    for (TensorView<const double, 4> view : {dq1, dq2, dk1, dk2, dv}) append(values, view);
+    append<LambdaRank>(values, dlambda);
+    return values;
+  }
+};
+
+/// Expects `call` to throw E from both implementations, with a message that names the
+/// function and contains each of `parts`, and to leave every output as it was.
+template <class E = diffattn::shape_error, class Call>
+void expect_rejected(const Call& call, std::initializer_list<std::string> parts) {
+  for (Impl impl : kImpls) {
+    SCOPED_TRACE(impl_name(impl));
+    const std::vector<double> before = call.outputs();
+    const std::string message = error_message<E>([&] { call(impl); });
+    EXPECT_TRUE(contains(message, "diffattn: " + Call::name(impl) + ": ")) << message;
+    for (const std::string& part : parts) EXPECT_TRUE(contains(message, part)) << message << "\n  lacks: " << part;
+    EXPECT_TRUE(call.outputs() == before) << "an output was written before the error: " << message;
+  }
+}
+
+class BackwardArgumentTest : public ::testing::Test {
+ protected:
+  Buffers buffers;
+  TensorView<double, 4> q = buffers.make(kQShape, 0.5), k = buffers.make(kKShape, 0.25);
+  TensorView<double, 4> q2 = buffers.make(kQShape, -0.5), k2 = buffers.make(kKShape, -0.25);
+  TensorView<double, 4> v = buffers.make(kVShape, 1.0), dout = buffers.make(kOutShape, 0.125);
+
+  SoftmaxCall valid_softmax() {
+    SoftmaxCall call{q, k, v, dout, buffers.make(kQShape), buffers.make(kKShape), buffers.make(kVShape), {}};
+    call.options.threads = 2;
+    return call;
+  }
+  template <std::size_t LambdaRank>
+  DiffCall<LambdaRank> valid_diff(const std::array<index_t, LambdaRank>& lambda_shape) {
+    DiffCall<LambdaRank> call{q,
+                              q2,
+                              k,
+                              k2,
+                              v,
+                              buffers.make(lambda_shape, 0.3),
+                              dout,
+                              buffers.make(kQShape),
+                              buffers.make(kQShape),
+                              buffers.make(kKShape),
+                              buffers.make(kKShape),
+                              buffers.make(kVShape),
+                              buffers.make(lambda_shape),
+                              {}};
+    call.options.threads = 2;
+    return call;
+  }
+  DiffCall<1> valid_diff() { return valid_diff<1>({kArgs.q_heads}); }
+};
+
+TEST_F(BackwardArgumentTest, ValidCallsPass) {
+  for (Impl impl : kImpls) {
+    SCOPED_TRACE(impl_name(impl));
+    EXPECT_NO_THROW(valid_softmax()(impl));
+    EXPECT_NO_THROW(valid_diff()(impl));
+    EXPECT_NO_THROW(valid_diff<1>({1})(impl));
+    EXPECT_NO_THROW(valid_diff<3>({kArgs.batch, kArgs.q_heads, kArgs.q_len})(impl));
+    EXPECT_NO_THROW(valid_diff<3>({1, kArgs.q_heads, 1})(impl));
+  }
+}
+
+/// One gradient-side argument of a call: its name, expected shape, dimension names, and
+/// how to put a view in its place.
+template <class Call>
+struct Slot {
+  const char* name;
+  std::array<index_t, 4> shape;
+  const char* const* dims;
+  void (*set)(Call&, TensorView<double, 4>);
+};
+
+template <class Call>
+void expect_every_wrong_extent_rejected(Buffers& buffers, const Call& valid, std::initializer_list<Slot<Call>> slots) {
+  for (const Slot<Call>& slot : slots) {
+    for (std::size_t d = 0; d < 4; ++d) {
+      SCOPED_TRACE(std::string(slot.name) + " dimension " + std::to_string(d));
+      Call call = valid;
+      std::array<index_t, 4> shape = slot.shape;
+      shape[d] += 7;
+      slot.set(call, buffers.make(shape));
+      expect_rejected(call, {extent_text(slot.name, d, slot.dims[d], slot.shape[d], shape[d])});
+    }
+  }
+}
+
+TEST_F(BackwardArgumentTest, WrongExtentsNameArgumentDimensionExpectedAndGot) {
+  using S = SoftmaxCall;
+  expect_every_wrong_extent_rejected<S>(
+      buffers, valid_softmax(),
+      {{"dout", kOutShape, out_dims, [](S& c, TensorView<double, 4> t) { c.dout = t; }},
+       {"dq", kQShape, q_dims, [](S& c, TensorView<double, 4> t) { c.dq = t; }},
+       {"dk", kKShape, k_dims, [](S& c, TensorView<double, 4> t) { c.dk = t; }},
+       {"dv", kVShape, v_dims, [](S& c, TensorView<double, 4> t) { c.dv = t; }}});
+  using D1 = DiffCall<1>;
+  expect_every_wrong_extent_rejected<D1>(
+      buffers, valid_diff(),
+      {{"dout", kOutShape, out_dims, [](D1& c, TensorView<double, 4> t) { c.dout = t; }},
+       {"dq1", kQShape, q_dims, [](D1& c, TensorView<double, 4> t) { c.dq1 = t; }},
+       {"dq2", kQShape, q_dims, [](D1& c, TensorView<double, 4> t) { c.dq2 = t; }},
+       {"dk1", kKShape, k_dims, [](D1& c, TensorView<double, 4> t) { c.dk1 = t; }},
+       {"dk2", kKShape, k_dims, [](D1& c, TensorView<double, 4> t) { c.dk2 = t; }},
+       {"dv", kVShape, v_dims, [](D1& c, TensorView<double, 4> t) { c.dv = t; }}});
+  using D3 = DiffCall<3>;
+  expect_every_wrong_extent_rejected<D3>(
+      buffers, valid_diff<3>({kArgs.batch, 1, kArgs.q_len}),
+      {{"dout", kOutShape, out_dims, [](D3& c, TensorView<double, 4> t) { c.dout = t; }},
+       {"dq2", kQShape, q_dims, [](D3& c, TensorView<double, 4> t) { c.dq2 = t; }},
+       {"dk1", kKShape, k_dims, [](D3& c, TensorView<double, 4> t) { c.dk1 = t; }},
+       {"dv", kVShape, v_dims, [](D3& c, TensorView<double, 4> t) { c.dv = t; }}});
+}
+
+TEST_F(BackwardArgumentTest, DlambdaMustHaveLambdasShape) {
+  const index_t heads = kArgs.q_heads;
+  {  // λ per head, dλ broadcast (and the reverse, and too long).
+    DiffCall<1> call = valid_diff();
+    call.dlambda = buffers.make<1>({1});
+    expect_rejected(call, {extent_text("dlambda", 0, "Hq", heads, 1)});
+    call = valid_diff<1>({1});
+    call.dlambda = buffers.make<1>({heads});
+    expect_rejected(call, {extent_text("dlambda", 0, "Hq", 1, heads)});
+    call = valid_diff();
+    call.dlambda = buffers.make<1>({heads + 1});
+    expect_rejected(call, {extent_text("dlambda", 0, "Hq", heads, heads + 1)});
+  }
+  const std::array<index_t, 3> full{kArgs.batch, heads, kArgs.q_len};
+  constexpr const char* lambda_dims[3] = {"B", "Hq", "Nq"};
+  for (std::size_t d = 0; d < 3; ++d) {
+    SCOPED_TRACE(d);
+    // λ full, dλ broadcast in dimension d; and λ broadcast there, dλ full.
+    std::array<index_t, 3> broadcast = full;
+    broadcast[d] = 1;
+    DiffCall<3> call = valid_diff<3>(full);
+    call.dlambda = buffers.make(broadcast);
+    expect_rejected(call, {extent_text("dlambda", d, lambda_dims[d], full[d], 1)});
+    call = valid_diff<3>(broadcast);
+    call.dlambda = buffers.make(full);
+    expect_rejected(call, {extent_text("dlambda", d, lambda_dims[d], 1, full[d])});
+  }
+}
+
+TEST_F(BackwardArgumentTest, GradientsNeedAContiguousLastDimension) {
+  SoftmaxCall softmax = valid_softmax();
+  softmax.dk = buffers.strided_last(kKShape);
+  expect_rejected(softmax, {"'dk' dimension 3: expected a contiguous last dimension (stride 1), got stride 2"});
+  softmax = valid_softmax();
+  softmax.dout = buffers.strided_last(kOutShape);
+  expect_rejected(softmax, {"'dout' dimension 3: expected a contiguous last dimension (stride 1), got stride 2"});
+  DiffCall<1> diff = valid_diff();
+  diff.dq2 = buffers.strided_last(kQShape);
+  expect_rejected(diff, {"'dq2' dimension 3: expected a contiguous last dimension (stride 1), got stride 2"});
+  diff = valid_diff();
+  diff.dv = buffers.strided_last(kVShape);
+  expect_rejected(diff, {"'dv' dimension 3: expected a contiguous last dimension (stride 1), got stride 2"});
+}
+
+TEST_F(BackwardArgumentTest, GradientsNeedADistinctElementPerIndex) {
+  const std::string overlapping = "' has overlapping elements";
+  SoftmaxCall softmax = valid_softmax();
+  softmax.dq = buffers.aliased(kQShape, 1);
+  expect_rejected(softmax, {"'dq" + overlapping});
+  softmax = valid_softmax();
+  softmax.dv = buffers.aliased(kVShape, 2);
+  expect_rejected(softmax, {"'dv" + overlapping});
+  DiffCall<1> diff = valid_diff();
+  diff.dk2 = buffers.aliased(kKShape, 0);
+  expect_rejected(diff, {"'dk2" + overlapping});
+  diff = valid_diff();
+  diff.dlambda = buffers.make<1>({1}).broadcast(0, kArgs.q_heads);
+  expect_rejected(diff, {"'dlambda" + overlapping});
+  DiffCall<3> token = valid_diff<3>({kArgs.batch, kArgs.q_heads, kArgs.q_len});
+  token.dlambda = buffers.make<3>({kArgs.batch, kArgs.q_heads, 1}).broadcast(2, kArgs.q_len);
+  expect_rejected(token, {"'dlambda" + overlapping});
+}
+
+/// Two views of `shape_a` and `shape_b` in one buffer, b starting `offset` elements after a.
+std::pair<TensorView<double, 4>, TensorView<double, 4>> overlapping(Buffers& buffers,
+                                                                    const std::array<index_t, 4>& shape_a,
+                                                                    const std::array<index_t, 4>& shape_b,
+                                                                    index_t offset, double value = kSentinel) {
+  index_t count_b = 1;
+  for (index_t e : shape_b) count_b *= e;
+  double* data = buffers.flat(offset + count_b + 1000, value);
+  return {TensorView<double, 4>(data, shape_a), TensorView<double, 4>(data + offset, shape_b)};
+}
+
+TEST_F(BackwardArgumentTest, GradientsMustNotOverlapInputs) {
+  const std::string overlaps = "' overlaps input '";
+  {
+    SoftmaxCall call = valid_softmax();
+    const auto [input, output] = overlapping(buffers, kQShape, kQShape, 5, 0.5);
+    call.q = input;
+    call.dq = output;
+    expect_rejected(call, {"output 'dq" + overlaps + "q'"});
+  }
+  {
+    SoftmaxCall call = valid_softmax();
+    const auto [input, output] = overlapping(buffers, kOutShape, kVShape, 30, 0.5);
+    call.dout = input;
+    call.dv = output;
+    expect_rejected(call, {"output 'dv" + overlaps + "dout'"});
+  }
+  {  // The mask is an input too.
+    SoftmaxCall call = valid_softmax();
+    const auto [output, mask] = overlapping(buffers, kKShape, {1, 1, kArgs.q_len, kArgs.kv_len}, 70, 0.0);
+    call.dk = output;
+    call.options.mask = mask;
+    expect_rejected(call, {"output 'dk" + overlaps + "options.mask'"});
+  }
+  {
+    DiffCall<1> call = valid_diff();
+    const auto [input, output] = overlapping(buffers, kQShape, kQShape, 0, 0.5);
+    call.q1 = input;
+    call.dq2 = output;
+    expect_rejected(call, {"output 'dq2" + overlaps + "q1'"});
+  }
+  {
+    DiffCall<1> call = valid_diff();
+    const auto [output, input] = overlapping(buffers, kKShape, kKShape, 79, 0.5);
+    call.dk1 = output;
+    call.k2 = input;
+    expect_rejected(call, {"output 'dk1" + overlaps + "k2'"});
+  }
+  {  // dλ over λ.
+    DiffCall<1> call = valid_diff();
+    double* data = buffers.flat(kArgs.q_heads + 1, 0.3);
+    call.lambda = TensorView<const double, 1>(data, {kArgs.q_heads});
+    call.dlambda = TensorView<double, 1>(data + 1, {kArgs.q_heads});
+    expect_rejected(call, {"output 'dlambda" + overlaps + "lambda'"});
+  }
+  {
+    DiffCall<3> call = valid_diff<3>({1, kArgs.q_heads, 1});
+    const auto [output, input] = overlapping(buffers, kVShape, kVShape, 3, 1.0);
+    call.dv = output;
+    call.v = input;
+    expect_rejected(call, {"output 'dv" + overlaps + "v'"});
+  }
+}
+
+TEST_F(BackwardArgumentTest, GradientsMustNotOverlapEachOther) {
+  const std::string each = "' overlap in memory; each gradient needs its own";
+  {
+    SoftmaxCall call = valid_softmax();
+    std::tie(call.dq, call.dk) = overlapping(buffers, kQShape, kKShape, 20);
+    expect_rejected(call, {"outputs 'dq' and 'dk" + each});
+  }
+  {
+    SoftmaxCall call = valid_softmax();
+    std::tie(call.dv, call.dk) = overlapping(buffers, kVShape, kKShape, 119);
+    expect_rejected(call, {"outputs 'dk' and 'dv" + each});
+  }
+  {  // One view for dq1 and dq2.
+    DiffCall<1> call = valid_diff();
+    call.dq2 = call.dq1;
+    expect_rejected(call, {"outputs 'dq1' and 'dq2" + each});
+  }
+  {
+    DiffCall<1> call = valid_diff();
+    double* data = buffers.flat(200);
+    call.dv = TensorView<double, 4>(data, kVShape);
+    call.dlambda = TensorView<double, 1>(data + 100, {kArgs.q_heads});
+    expect_rejected(call, {"outputs 'dv' and 'dlambda" + each});
+  }
+  {  // Shared keys allow dk1 == dk2, nothing more: not a partial overlap …
+    DiffCall<1> call = valid_diff();
+    call.k2 = call.k1;
+    std::tie(call.dk1, call.dk2) = overlapping(buffers, kKShape, kKShape, 4);
+    expect_rejected(call, {"outputs 'dk1' and 'dk2" + each});
+  }
+  {  // … nor that view overlapping another gradient.
+    DiffCall<1> call = valid_diff();
+    call.k2 = call.k1;
+    std::tie(call.dq2, call.dk1) = overlapping(buffers, kQShape, kKShape, 90);
+    call.dk2 = call.dk1;
+    expect_rejected(call, {"outputs 'dq2' and 'dk1" + each});
+  }
+}
+
+TEST_F(BackwardArgumentTest, OneViewForDk1AndDk2OnlyWithSharedKeys) {
+  const std::string refused = "'dk1' and 'dk2' are one view, which only sums the two maps' key gradients when "
+                              "'k1' and 'k2' are one view too (shared keys); they are not";
+  {  // Shared keys: allowed (the finite-difference tests check the sum).
+    DiffCall<1> call = valid_diff();
+    call.k2 = call.k1;
+    call.dk2 = call.dk1;
+    for (Impl impl : kImpls) EXPECT_NO_THROW(call(impl)) << impl_name(impl);
+    DiffCall<3> token = valid_diff<3>({kArgs.batch, 1, 1});
+    token.k2 = token.k1;
+    token.dk2 = token.dk1;
+    for (Impl impl : kImpls) EXPECT_NO_THROW(token(impl)) << impl_name(impl);
+  }
+  {  // Distinct keys.
+    DiffCall<1> call = valid_diff();
+    call.dk2 = call.dk1;
+    expect_rejected(call, {refused});
+  }
+  {  // Equal values in other memory are not shared keys.
+    DiffCall<1> call = valid_diff();
+    call.k2 = buffers.make(kKShape, 0.25);
+    call.dk2 = call.dk1;
+    expect_rejected(call, {refused});
+  }
+  {  // The same data and shape through other strides is another view.
+    DiffCall<3> call = valid_diff<3>({kArgs.batch, kArgs.q_heads, kArgs.q_len});
+    const TensorView<double, 4> transposed =
+        TensorView<double, 4>(k.data(), {kArgs.batch, kArgs.kv_len, kArgs.kv_heads, kArgs.head_dim}).transpose(1, 2);
+    ASSERT_EQ(call.k1.data(), transposed.data());
+    ASSERT_EQ(call.k1.shape(), transposed.shape());
+    call.k2 = transposed;
+    call.dk2 = call.dk1;
+    expect_rejected(call, {refused});
+  }
+}
+
+TEST_F(BackwardArgumentTest, NegativeThreadsAreRefused) {
+  SoftmaxCall softmax = valid_softmax();
+  softmax.options.threads = -1;
+  expect_rejected<std::invalid_argument>(softmax, {"options.threads must be >= 0", "got -1"});
+  DiffCall<1> diff = valid_diff();
+  diff.options.threads = -3;
+  expect_rejected<std::invalid_argument>(diff, {"options.threads must be >= 0", "got -3"});
+  DiffCall<3> token = valid_diff<3>({1, 1, kArgs.q_len});
+  token.options.threads = -1;
+  expect_rejected<std::invalid_argument>(token, {"options.threads must be >= 0", "got -1"});
+}
+
+// lambda_reparam_backward: argument errors
+
+/// The vector form's arguments, width 4.
+struct ReparamCall {
+  TensorView<const double, 1> q1, k1, q2, k2;
+  TensorView<double, 1> d_q1, d_k1, d_q2, d_k2;
+  static std::string name(Impl) { return "lambda_reparam_backward"; }
+  void operator()(Impl) const { diffattn::lambda_reparam_backward<double>(q1, k1, q2, k2, 0.5, d_q1, d_k1, d_q2, d_k2); }
+  std::vector<double> outputs() const {
+    std::vector<double> values;
+    for (TensorView<const double, 1> view : {d_q1, d_k1, d_q2, d_k2}) append(values, view);
+    return values;
+  }
+};
+
+/// The per-head form's arguments, [3, 4] and dλ [3].
+struct PerHeadReparamCall {
+  TensorView<const double, 2> q1, k1, q2, k2;
+  TensorView<const double, 1> dlambda;
+  TensorView<double, 2> d_q1, d_k1, d_q2, d_k2;
+  static std::string name(Impl) { return "lambda_reparam_backward"; }
+  void operator()(Impl) const {
+    diffattn::lambda_reparam_backward<double>(q1, k1, q2, k2, dlambda, d_q1, d_k1, d_q2, d_k2);
+  }
+  std::vector<double> outputs() const {
+    std::vector<double> values;
+    for (TensorView<const double, 2> view : {d_q1, d_k1, d_q2, d_k2}) append(values, view);
+    return values;
+  }
+};
+
+// The reparam checks run once: there is no fused twin (expect_rejected's second pass
+// repeats the same call, harmlessly).
+TEST_F(BackwardArgumentTest, LambdaReparamBackwardVectorFormErrors) {
+  const auto valid = [&] {
+    return ReparamCall{buffers.make<1>({4}, 0.1), buffers.make<1>({4}, 0.2), buffers.make<1>({4}, 0.3),
+                       buffers.make<1>({4}, 0.4), buffers.make<1>({4}), buffers.make<1>({4}),
+                       buffers.make<1>({4}), buffers.make<1>({4})};
+  };
+  const char* names[7] = {"lambda_k1", "lambda_q2", "lambda_k2", "d_q1", "d_k1", "d_q2", "d_k2"};
+  for (int i = 0; i < 7; ++i) {
+    SCOPED_TRACE(names[i]);
+    ReparamCall call = valid();
+    const TensorView<double, 1> wide = buffers.make<1>({5});
+    TensorView<const double, 1>* inputs[3] = {&call.k1, &call.q2, &call.k2};
+    TensorView<double, 1>* outputs[4] = {&call.d_q1, &call.d_k1, &call.d_q2, &call.d_k2};
+    if (i < 3) {
+      *inputs[i] = wide;
+    } else {
+      *outputs[i - 3] = wide;
+    }
+    expect_rejected(call, {extent_text(names[i], 0, "d", 4, 5)});
+  }
+  ReparamCall call = valid();
+  call.d_q2 = buffers.make<1>({1}).broadcast(0, 4);
+  expect_rejected(call, {"'d_q2' has overlapping elements"});
+  call = valid();
+  double* data = buffers.flat(6, 0.2);
+  call.k1 = TensorView<const double, 1>(data, {4});
+  call.d_q1 = TensorView<double, 1>(data + 2, {4});
+  expect_rejected(call, {"output 'd_q1' overlaps input 'lambda_k1'"});
+  call = valid();
+  call.d_k2 = call.d_q1;
+  expect_rejected(call, {"outputs 'd_q1' and 'd_k2' overlap in memory"});
+}
+
+TEST_F(BackwardArgumentTest, LambdaReparamBackwardPerHeadFormErrors) {
+  const auto valid = [&] {
+    return PerHeadReparamCall{buffers.make<2>({3, 4}, 0.1), buffers.make<2>({3, 4}, 0.2),
+                              buffers.make<2>({3, 4}, 0.3), buffers.make<2>({3, 4}, 0.4),
+                              buffers.make<1>({3}, 1.0),    buffers.make<2>({3, 4}),
+                              buffers.make<2>({3, 4}),      buffers.make<2>({3, 4}),
+                              buffers.make<2>({3, 4})};
+  };
+  const char* names[7] = {"lambda_k1", "lambda_q2", "lambda_k2", "d_q1", "d_k1", "d_q2", "d_k2"};
+  const char* dims[2] = {"H", "d"};
+  for (int i = 0; i < 7; ++i) {
+    for (std::size_t d = 0; d < 2; ++d) {
+      SCOPED_TRACE(std::string(names[i]) + " dimension " + std::to_string(d));
+      PerHeadReparamCall call = valid();
+      std::array<index_t, 2> shape{3, 4};
+      const index_t expected = shape[d];
+      shape[d] += 2;
+      const TensorView<double, 2> wrong = buffers.make<2>(shape);
+      TensorView<const double, 2>* inputs[3] = {&call.k1, &call.q2, &call.k2};
+      TensorView<double, 2>* outputs[4] = {&call.d_q1, &call.d_k1, &call.d_q2, &call.d_k2};
+      if (i < 3) {
+        *inputs[i] = wrong;
+      } else {
+        *outputs[i - 3] = wrong;
+      }
+      expect_rejected(call, {extent_text(names[i], d, dims[d], expected, shape[d])});
+    }
+  }
+  PerHeadReparamCall call = valid();
+  call.dlambda = buffers.make<1>({2});
+  expect_rejected(call, {extent_text("dlambda", 0, "H", 3, 2)});
+  call = valid();
+  call.d_k1 = buffers.make<2>({1, 4}).broadcast(0, 3);
+  expect_rejected(call, {"'d_k1' has overlapping elements"});
+  call = valid();
+  double* data = buffers.flat(12, 1.0);
+  call.dlambda = TensorView<const double, 1>(data, {3});
+  call.d_k2 = TensorView<double, 2>(data, {3, 4});
+  expect_rejected(call, {"output 'd_k2' overlaps input 'dlambda'"});
+  call = valid();
+  call.d_q2 = call.d_k1;
+  expect_rejected(call, {"outputs 'd_k1' and 'd_q2' overlap in memory"});
 }
 
 }  // namespace
