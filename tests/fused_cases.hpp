@@ -146,6 +146,35 @@ struct Inputs {
   }
 };
 
+/// The options a case's fused calls take, with `mask` (empty for none).
+template <class T>
+diffattn::AttentionOptions<T> case_options(const Case& c, TensorView<const T, 4> mask) {
+  diffattn::AttentionOptions<T> options;
+  options.causal = c.causal;
+  options.mask = mask;
+  options.threads = c.threads;
+  options.workspace_limit = c.workspace_limit;
+  return options;
+}
+
+/// A case's inputs in double for the reference (exact copies of the fused call's values:
+/// q from `queries`, k and v from `keys_values`, the mask from `masks`), and the
+/// reference's options.
+struct ReferenceInputs {
+  Tensor<double, 4> q1, q2, k1, k2, v, mask;
+  diffattn::AttentionOptions<double> options;
+  template <class Q, class KV, class M>
+  ReferenceInputs(const Case& c, const Inputs<Q>& queries, const Inputs<KV>& keys_values, const Inputs<M>& masks)
+      : q1(copy_as<double>(queries.q1)), q2(copy_as<double>(queries.q2)), k1(copy_as<double>(keys_values.k1)),
+        k2(copy_as<double>(keys_values.k2)), v(copy_as<double>(keys_values.v)) {
+    options.causal = c.causal;
+    if (masks.mask.data() != nullptr) {
+      mask = copy_as<double>(masks.mask);
+      options.mask = mask.view();
+    }
+  }
+};
+
 /// Draws a case whose reference cost stays small, so thousands run in seconds.
 inline Case draw_case(std::uint64_t seed) {
   std::mt19937_64 rng(seed);

@@ -134,26 +134,14 @@ void run_case(const Case& c) {
   Inputs<T> in(c, rng);
   const index_t q_heads = c.kv_heads * c.group;
   auto dout = random_tensor<T, 4>({c.batch, q_heads, c.q_len, c.value_dim}, rng);
-  AttentionOptions<T> options;
-  options.causal = c.causal;
-  options.mask = in.mask;
-  options.threads = c.threads;
-  options.workspace_limit = c.workspace_limit;
-
-  auto q1 = copy_as<double>(in.q1), q2 = copy_as<double>(in.q2);
-  auto k1 = copy_as<double>(in.k1), v = copy_as<double>(in.v);
-  auto k2_copy = copy_as<double>(in.k2);
-  const TensorView<const double, 4> k2 = c.shared_keys ? k1.view() : k2_copy.view();
+  const AttentionOptions<T> options = case_options(c, in.mask);
+  const ReferenceInputs ref(c, in, in, in);
+  const auto &q1 = ref.q1, &q2 = ref.q2, &k1 = ref.k1, &v = ref.v;
+  const TensorView<const double, 4> k2 = c.shared_keys ? ref.k1.view() : ref.k2.view();
+  const auto& ref_options = ref.options;
   auto dout_d = copy_as<double>(dout.view());
   auto lambda_head = copy_as<double>(in.lambda_head.view());
   auto lambda_token = copy_as<double>(in.lambda_token.view());
-  AttentionOptions<double> ref_options;
-  ref_options.causal = c.causal;
-  Tensor<double, 4> mask_copy;
-  if (in.mask.data() != nullptr) {
-    mask_copy = copy_as<double>(in.mask);
-    ref_options.mask = mask_copy.view();
-  }
   const double scale = 1 / std::sqrt(static_cast<double>(std::max<index_t>(c.head_dim, 1)));
   const double q_max = std::max(max_abs(in.q1), max_abs(in.q2));
   const double k_max = std::max(max_abs(in.k1), max_abs(in.k2));

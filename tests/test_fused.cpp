@@ -27,22 +27,11 @@ void run_case(const Case& c) {
   std::mt19937_64 rng(c.seed * 7919 + 1);
   Inputs<T> in(c, rng);
   const index_t q_heads = c.kv_heads * c.group;
-  AttentionOptions<T> options;
-  options.causal = c.causal;
-  options.mask = in.mask;
-  options.threads = c.threads;
-  options.workspace_limit = c.workspace_limit;
-
+  const AttentionOptions<T> options = case_options(c, in.mask);
   // The reference runs in double on the same (exactly converted) inputs.
-  auto q1 = copy_as<double>(in.q1), q2 = copy_as<double>(in.q2);
-  auto k1 = copy_as<double>(in.k1), k2 = copy_as<double>(in.k2), v = copy_as<double>(in.v);
-  AttentionOptions<double> ref_options;
-  ref_options.causal = c.causal;
-  Tensor<double, 4> mask_copy;
-  if (in.mask.data() != nullptr) {
-    mask_copy = copy_as<double>(in.mask);
-    ref_options.mask = mask_copy.view();
-  }
+  const ReferenceInputs ref(c, in, in, in);
+  const auto &q1 = ref.q1, &q2 = ref.q2, &k1 = ref.k1, &k2 = ref.k2, &v = ref.v;
+  const auto& ref_options = ref.options;
   const std::array<index_t, 4> out_shape{c.batch, q_heads, c.q_len, c.value_dim};
   const double v_max = max_abs(in.v);
 

@@ -65,22 +65,10 @@ void run_half_case(const Case& c) {
   const Inputs<Q> queries(c, rng);
   const Inputs<KV> keys_values(c, rng);
   const index_t q_heads = c.kv_heads * c.group;
-  AttentionOptions<float> options;
-  options.causal = c.causal;
-  options.mask = floats.mask;
-  options.threads = c.threads;
-  options.workspace_limit = c.workspace_limit;
-
-  auto q1 = copy_as<double>(queries.q1), q2 = copy_as<double>(queries.q2);
-  auto k1 = copy_as<double>(keys_values.k1), k2 = copy_as<double>(keys_values.k2);
-  auto v = copy_as<double>(keys_values.v);
-  AttentionOptions<double> ref_options;
-  ref_options.causal = c.causal;
-  Tensor<double, 4> mask_copy;
-  if (floats.mask.data() != nullptr) {
-    mask_copy = copy_as<double>(floats.mask);
-    ref_options.mask = mask_copy.view();
-  }
+  const AttentionOptions<float> options = case_options(c, floats.mask);
+  const ReferenceInputs ref(c, queries, keys_values, floats);
+  const auto &q1 = ref.q1, &q2 = ref.q2, &k1 = ref.k1, &k2 = ref.k2, &v = ref.v;
+  const auto& ref_options = ref.options;
   const std::array<index_t, 4> out_shape{c.batch, q_heads, c.q_len, c.value_dim};
   const double v_max = max_abs(keys_values.v);
 

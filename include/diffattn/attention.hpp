@@ -171,6 +171,17 @@ void run_diff_attention(TensorView<const Q, 4> q1, TensorView<const Q, 4> q2, Te
   fused_attention(args, options.threads, options.workspace_limit);
 }
 
+/// Body of both mixed-type diff_attention overloads (λ per head or per token).
+template <class Q1, class Q2, class K1, class K2, class V, class O, std::size_t LambdaRank>
+void run_mixed_diff_attention(const Q1& q1, const Q2& q2, const K1& k1, const K2& k2, const V& v,
+                              TensorView<const float, LambdaRank> lambda, TensorView<O, 4> out,
+                              const AttentionOptions<float>& options) {
+  check_mixed_types<view_element_t<Q1>, view_element_t<Q2>, view_element_t<K1>, view_element_t<K2>,
+                    view_element_t<V>, O>();
+  run_diff_attention<float>(read_view(q1), read_view(q2), read_view(k1), read_view(k2), read_view(v), lambda, out,
+                            options);
+}
+
 }  // namespace detail
 
 /// Standard attention: out = softmax(scale·q·kᵀ + mask)·v.
@@ -232,10 +243,7 @@ template <class Q1, class Q2, class K1, class K2, class V, class O,
 void diff_attention(const Q1& q1, const Q2& q2, const K1& k1, const K2& k2, const V& v,
                     TensorView<const float, 1> lambda, TensorView<O, 4> out,
                     const AttentionOptions<float>& options = {}) {
-  detail::check_mixed_types<detail::view_element_t<Q1>, detail::view_element_t<Q2>, detail::view_element_t<K1>,
-                            detail::view_element_t<K2>, detail::view_element_t<V>, O>();
-  detail::run_diff_attention<float>(detail::read_view(q1), detail::read_view(q2), detail::read_view(k1),
-                                    detail::read_view(k2), detail::read_view(v), lambda, out, options);
+  detail::run_mixed_diff_attention(q1, q2, k1, k2, v, lambda, out, options);
 }
 
 /// Differential attention (λ per token, [B|1, Hq|1, Nq|1]) on half-precision tensors.
@@ -244,10 +252,7 @@ template <class Q1, class Q2, class K1, class K2, class V, class O,
 void diff_attention(const Q1& q1, const Q2& q2, const K1& k1, const K2& k2, const V& v,
                     TensorView<const float, 3> lambda, TensorView<O, 4> out,
                     const AttentionOptions<float>& options = {}) {
-  detail::check_mixed_types<detail::view_element_t<Q1>, detail::view_element_t<Q2>, detail::view_element_t<K1>,
-                            detail::view_element_t<K2>, detail::view_element_t<V>, O>();
-  detail::run_diff_attention<float>(detail::read_view(q1), detail::read_view(q2), detail::read_view(k1),
-                                    detail::read_view(k2), detail::read_view(v), lambda, out, options);
+  detail::run_mixed_diff_attention(q1, q2, k1, k2, v, lambda, out, options);
 }
 
 /// Frees the scratch memory the kernels (forward and backward) keep for the calling

@@ -68,6 +68,20 @@ inline void value_block(const T* pt, index_t pt_stride, index_t pt_row_stride, c
   }
 }
 
+/// Calls chunk(j0, count, scales) for the keys [0, keys) in chunks of value_chunk_keys:
+/// the first chunk with `scales`, later ones with keep null, as they add to what the first
+/// kept; at least one chunk, so that O is scaled even when there are no keys. Every P·V
+/// kernel sums its keys this way.
+template <class T, class F>
+void for_each_value_chunk(index_t keys, RowScales<T> scales, F&& chunk) {
+  index_t j0 = 0;
+  do {
+    chunk(j0, std::min(value_chunk_keys, keys - j0), scales);
+    scales.keep = nullptr;
+    j0 += value_chunk_keys;
+  } while (j0 < keys);
+}
+
 /// value_block over the whole width for MR rows: blocks of NV vectors, then single ones.
 template <class T, class E, int MR, int NV>
 inline void value_row_block(const T* pt, index_t pt_stride, index_t pt_row_stride, const E* v,
@@ -234,15 +248,10 @@ void value_chunk(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t 
 template <class T, class E>
 void value_tile(const T* pt, index_t pt_stride, index_t pt_row_stride, index_t rows, index_t keys,
                 const E* v, index_t v_stride, index_t width, T* o, index_t o_stride, RowScales<T> scales = {}) {
-  // At least one chunk, so that O is scaled even when there are no keys.
-  index_t j0 = 0;
-  do {
-    const index_t count = std::min(value_chunk_keys, keys - j0);
+  for_each_value_chunk(keys, scales, [&](index_t j0, index_t count, RowScales<T> chunk_scales) {
     value_chunk(pt + j0 * pt_stride, pt_stride, pt_row_stride, rows, count, v + j0 * v_stride, v_stride, width, o,
-                o_stride, scales);
-    scales.keep = nullptr;  // later chunks add to what the first one kept
-    j0 += value_chunk_keys;
-  } while (j0 < keys);
+                o_stride, chunk_scales);
+  });
 }
 
 }  // namespace detail

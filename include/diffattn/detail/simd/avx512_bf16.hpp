@@ -457,9 +457,7 @@ inline void value_rows_bf16(const float* pt, index_t pt_row_stride, index_t rows
                             const float* add) {
   static_assert(value_chunk_keys == 64, "a chunk's weights are 32 pairs per row");
   alignas(64) std::uint32_t w[value_few_rows_max * 32];
-  index_t j0 = 0;
-  do {
-    const index_t count = std::min(value_chunk_keys, keys - j0);
+  for_each_value_chunk(keys, RowScales<float>{keep, add}, [&](index_t j0, index_t count, RowScales<float> scales) {
     for (index_t r = 0; r < rows; ++r) {  // the row's weights, keys in order: pairs as they stand
       const float* p = pt + r * pt_row_stride + j0;
       for (index_t k = 0; k < 64; k += 32) {  // past the chunk's keys, weight 0
@@ -472,15 +470,14 @@ inline void value_rows_bf16(const float* pt, index_t pt_row_stride, index_t rows
       }
     }
     const bf16* chunk = v + j0 * v_stride;
+    const float *kept = scales.keep, *added = scales.add;
     switch (rows) {
-      case 1: bf16_dot::value_rows_chunk<1>(w, count, chunk, v_stride, width, o, o_stride, keep, add); break;
-      case 2: bf16_dot::value_rows_chunk<2>(w, count, chunk, v_stride, width, o, o_stride, keep, add); break;
-      case 3: bf16_dot::value_rows_chunk<3>(w, count, chunk, v_stride, width, o, o_stride, keep, add); break;
-      default: bf16_dot::value_rows_chunk<4>(w, count, chunk, v_stride, width, o, o_stride, keep, add); break;
+      case 1: bf16_dot::value_rows_chunk<1>(w, count, chunk, v_stride, width, o, o_stride, kept, added); break;
+      case 2: bf16_dot::value_rows_chunk<2>(w, count, chunk, v_stride, width, o, o_stride, kept, added); break;
+      case 3: bf16_dot::value_rows_chunk<3>(w, count, chunk, v_stride, width, o, o_stride, kept, added); break;
+      default: bf16_dot::value_rows_chunk<4>(w, count, chunk, v_stride, width, o, o_stride, kept, added); break;
     }
-    keep = nullptr;  // later chunks add to what the first one kept
-    j0 += value_chunk_keys;
-  } while (j0 < keys);
+  });
 }
 
 /// Pairs of keys from fp32 Pᵀ [keys, rows_pad] (pt[j·pt_stride + r], rows_pad a multiple
@@ -562,15 +559,10 @@ inline void value_tile_bf16(const std::uint32_t* pp, index_t pp_stride, index_t 
                             const std::uint32_t* vp, index_t vp_stride, index_t width, float* o, index_t o_stride,
                             const float* keep, const float* add) {
   static_assert(value_chunk_keys % 2 == 0, "chunks start on whole pairs");
-  RowScales<float> scales{keep, add};
-  index_t j0 = 0;
-  do {
-    const index_t count = std::min(value_chunk_keys, keys - j0);
+  for_each_value_chunk(keys, RowScales<float>{keep, add}, [&](index_t j0, index_t count, RowScales<float> scales) {
     bf16_dot::value_chunk(pp + j0 / 2 * pp_stride, pp_stride, rows, (count + 1) / 2, vp + j0 / 2 * vp_stride,
                           vp_stride, width, o, o_stride, scales);
-    scales.keep = nullptr;  // later chunks add to what the first one kept
-    j0 += value_chunk_keys;
-  } while (j0 < keys);
+  });
 }
 
 }  // namespace detail
