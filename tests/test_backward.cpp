@@ -376,5 +376,100 @@ TYPED_TEST(BackwardTest, SharedKeysReceiveTheSumOfBothMaps) {
   EXPECT_LE(worst, 64 * std::numeric_limits<T>::epsilon() * std::max(size, 1e-30));
 }
 
+// ---- half precision ---------------------------------------------------------------------
+
+/// One mix of element types: q (and dout), k/v, dq, dk/dv.
+template <class Q, class KV, class GQ, class GK>
+struct Mix {
+  using q_type = Q;
+  using kv_type = KV;
+  using dq_type = GQ;
+  using dk_type = GK;
+};
+
+/// The rounding of a gradient stored in G, relative to the gradient's largest magnitude.
+template <class G>
+double storage_rounding() {
+  if constexpr (std::is_same_v<G, diffattn::bf16>) return std::ldexp(1.0, -8);
+  if constexpr (std::is_same_v<G, diffattn::f16>) return std::ldexp(1.0, -11);
+  return 0.0;
+}
+
+/// The half-precision backward against the reference run in double on the same (exactly
+/// converted) values: the float bound, plus the rounding of a half-precision gradient.
+template <class M>
+void run_half_case(const Case& c) {
+  using Q = typename M::q_type;
+  using KV = typename M::kv_type;
+  using GQ = typename M::dq_type;
+  using GK = typename M::dk_type;
+  SCOPED_TRACE(c.describe());
+  std::mt19937_64 rng(c.seed * 7919 + 1);
+  const Inputs<float> floats(c, rng);
+  const Inputs<Q> queries(c, rng);
+  const Inputs<KV> keys_values(c, rng);
+  const index_t q_heads = c.kv_heads * c.group;
+  auto dout = random_tensor<Q, 4>({c.batch, q_heads, c.q_len, c.value_dim}, rng);
+  const AttentionOptions<float> options = case_options(c, floats.mask);
+  const ReferenceInputs ref(c, queries, keys_values, floats);
+  const TensorView<const double, 4> k2 = c.shared_keys ? ref.k1.view() : ref.k2.view();
+  auto dout_d = copy_as<double>(dout.view());
+  auto lambda_head = copy_as<double>(floats.lambda_head.view());
+  Tensor<double, 3> lambda_rows({c.batch, q_heads, c.q_len});
+  for_each_index(lambda_rows.shape(), [&](const auto& idx) { lambda_rows.view().at(idx) = lambda_head(idx[1]); });
+  const double scale = 1 / std::sqrt(static_cast<double>(std::max<index_t>(c.head_dim, 1)));
+  const double q_max = std::max(max_abs(queries.q1), max_abs(queries.q2));
+  const double k_max = std::max(max_abs(keys_values.k1), max_abs(keys_values.k2));
+  const double g_max = max_abs(dout.view());
+  auto within = [](const auto& got, const auto& want, double bound, double rounding, const char* name) {
+    EXPECT_LE(max_abs_diff(got.view(), want.view()), bound + rounding * max_abs(want.view())) << name;
+  };
+  for (const bool diff : {false, true}) {
+    SCOPED_TRACE(diff ? "differential" : "standard");
+    const Magnitudes m = magnitudes(diff, ref.q1, ref.q2, ref.k1, k2, ref.v, lambda_rows, dout_d, ref.options);
+    const BackwardBounds bound =
+        backward_bounds<float>(c, scale, diff ? max_abs(floats.lambda_head.view()) : 0.0, q_max, k_max, g_max, m);
+    Tensor<GQ, 4> dq1({c.batch, q_heads, c.q_len, c.head_dim}), dq2(dq1.shape());
+    Tensor<GK, 4> dk1({c.batch, c.kv_heads, c.kv_len, c.head_dim}), dk2(dk1.shape());
+    Tensor<GK, 4> dv({c.batch, c.kv_heads, c.kv_len, c.value_dim});
+    Tensor<float, 1> dlambda({q_heads});
+    Gradients<double> want(c);
+    const bool shared = c.shared_keys && diff;
+    if (!diff) {
+      diffattn::softmax_attention_backward(queries.q1, keys_values.k1, keys_values.v, dout.view(), dq1.view(),
+                                           dk1.view(), dv.view(), options);
+    } else {
+      diffattn::diff_attention_backward(queries.q1, queries.q2, keys_values.k1, keys_values.k2, keys_values.v,
+                                        floats.lambda_head.view(), dout.view(), dq1.view(), dq2.view(), dk1.view(),
+                                        shared ? dk1.view() : dk2.view(), dv.view(), dlambda.view(), options);
+    }
+    run_backward<double>(diff, false, shared, ref.q1, ref.q2, ref.k1, k2, ref.v, lambda_head, {}, dout_d, want,
+                         ref.options, true);
+    within(dq1, want.dq1, bound.dq, storage_rounding<GQ>(), "dq1");
+    within(dk1, want.dk1, bound.dk * (shared ? 2 : 1), storage_rounding<GK>(), "dk1");
+    within(dv, want.dv, bound.dv, storage_rounding<GK>(), "dv");
+    if (!diff) continue;
+    within(dq2, want.dq2, bound.dq, storage_rounding<GQ>(), "dq2");
+    if (!shared) within(dk2, want.dk2, bound.dk, storage_rounding<GK>(), "dk2");
+    within(dlambda, want.dlambda_head, static_cast<double>(c.batch * c.q_len) * bound.dlambda_per_row, 0.0,
+           "dlambda");
+  }
+}
+
+using diffattn::bf16;
+using diffattn::f16;
+template <class M>
+class BackwardHalfTest : public ::testing::Test {};
+using HalfMixes = ::testing::Types<Mix<bf16, bf16, float, float>, Mix<bf16, bf16, bf16, bf16>, Mix<f16, f16, f16, f16>,
+                                   Mix<float, bf16, float, bf16>>;
+TYPED_TEST_SUITE(BackwardHalfTest, HalfMixes);
+
+TYPED_TEST(BackwardHalfTest, RandomCasesMatchReference) {
+  for (std::uint64_t seed = 1; seed <= DIFFATTN_BACKWARD_CASES / 4; ++seed) {
+    run_half_case<TypeParam>(draw_backward_case(seed + 5000));
+    if (::testing::Test::HasFailure()) break;
+  }
+}
+
 }  // namespace
 }  // namespace diffattn_test

@@ -63,10 +63,10 @@ bool same_view(TensorView<T, Rank> a, TensorView<U, Rank> b) {
 
 /// Validates a softmax_attention_backward call and returns its problem; `mask_out` as
 /// validate_inputs.
-template <class T>
-AttentionProblem validate_softmax_backward(const char* fn, TensorView<const T, 4> q, TensorView<const T, 4> k,
-                                           TensorView<const T, 4> v, TensorView<const T, 4> dout,
-                                           TensorView<T, 4> dq, TensorView<T, 4> dk, TensorView<T, 4> dv,
+template <class T, class Q, class KV, class DO, class GQ, class GK>
+AttentionProblem validate_softmax_backward(const char* fn, TensorView<const Q, 4> q, TensorView<const KV, 4> k,
+                                           TensorView<const KV, 4> v, TensorView<const DO, 4> dout,
+                                           TensorView<GQ, 4> dq, TensorView<GK, 4> dk, TensorView<GK, 4> dv,
                                            const AttentionOptions<T>& options, TensorView<const T, 4>& mask_out) {
   const AttentionProblem p = validate_inputs(fn, q, k, v, options, mask_out);
   check_result(fn, "dout", dout, {p.batch, p.q_heads, p.q_len, p.value_dim}, out_dim_names, false);
@@ -101,12 +101,12 @@ struct DiffBackwardChecked {
   bool shared_dk = false;
 };
 
-template <class T, std::size_t LambdaRank>
+template <class T, std::size_t LambdaRank, class Q, class KV, class DO, class GQ, class GK>
 DiffBackwardChecked<T> validate_diff_backward(
-    const char* fn, TensorView<const T, 4> q1, TensorView<const T, 4> q2, TensorView<const T, 4> k1,
-    TensorView<const T, 4> k2, TensorView<const T, 4> v, TensorView<const T, LambdaRank> lambda,
-    TensorView<const T, 4> dout, TensorView<T, 4> dq1, TensorView<T, 4> dq2, TensorView<T, 4> dk1,
-    TensorView<T, 4> dk2, TensorView<T, 4> dv, TensorView<T, LambdaRank> dlambda, const AttentionOptions<T>& options,
+    const char* fn, TensorView<const Q, 4> q1, TensorView<const Q, 4> q2, TensorView<const KV, 4> k1,
+    TensorView<const KV, 4> k2, TensorView<const KV, 4> v, TensorView<const T, LambdaRank> lambda,
+    TensorView<const DO, 4> dout, TensorView<GQ, 4> dq1, TensorView<GQ, 4> dq2, TensorView<GK, 4> dk1,
+    TensorView<GK, 4> dk2, TensorView<GK, 4> dv, TensorView<T, LambdaRank> dlambda, const AttentionOptions<T>& options,
     TensorView<const T, 4>& mask_out) {
   DiffBackwardChecked<T> checked;
   const AttentionProblem p = validate_inputs(fn, q1, k1, v, options, mask_out);

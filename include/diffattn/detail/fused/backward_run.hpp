@@ -64,7 +64,10 @@ BackwardPlan make_backward_plan(const BackwardArgs<T>& b, const BackwardSizes<T>
   plan.tiles.positions_per_tile = positions;
   plan.tiles.tiles_per_group = (p.q_len + positions - 1) / positions;
   plan.tiles.tiles = groups * plan.tiles.tiles_per_group;
-  plan.tiles.pack_keys = a.k1.stride(2) != p.head_dim || (a.diff && a.k2.stride(2) != p.head_dim);
+  // The score code reads K in place only when it holds T; half-precision K is converted
+  // as a key tile is packed, as the forward's prefill tiles do.
+  plan.tiles.pack_keys = a.k1.stride(2) != p.head_dim || (a.diff && a.k2.stride(2) != p.head_dim) ||
+                         a.k1.element() != Element::compute;
   plan.segments = std::clamp<index_t>((BackwardPlan::target_items + groups - 1) / std::max<index_t>(groups, 1), 1,
                                       std::max<index_t>(plan.tiles.tiles_per_group, 1));
   while (plan.segments > 1 &&
@@ -94,16 +97,16 @@ BackwardScratch<T>& backward_scratch() {
 }
 
 /// Writes keys [first, first + count) of kv head (batch, kv_head) from sums laid out as
-/// KeyGradients (rows d_pad / dv_pad apart).
+/// KeyGradients (rows d_pad / dv_pad apart), converted to each gradient's type.
 template <class T>
 void write_key_gradients(const BackwardArgs<T>& b, const BackwardSizes<T>& sz, index_t batch, index_t kv_head,
                          KeyGradients<T> sums, index_t first, index_t count) {
   const AttentionProblem& p = b.forward.problem;
-  auto write = [&](const T* src, index_t pad, const TensorView<T, 4>& dst, index_t width) {
+  auto write = [&](const T* src, index_t pad, const ElementView<T, true>& dst, index_t width) {
     if (width == 0) return;
-    for (index_t j = first; j < first + count; ++j) {
-      std::copy(src + j * pad, src + j * pad + width, &dst(batch, kv_head, j, 0));
-    }
+    dst.visit([&](const auto& view) {
+      for (index_t j = first; j < first + count; ++j) convert_row(src + j * pad, width, &view(batch, kv_head, j, 0));
+    });
   };
   write(sums.dk1, sz.d_pad, b.dk1, p.head_dim);
   if (b.forward.diff && !b.shared_dk) write(sums.dk2, sz.d_pad, b.dk2, p.head_dim);
@@ -114,11 +117,14 @@ void write_key_gradients(const BackwardArgs<T>& b, const BackwardSizes<T>& sz, i
 /// gets none, and every row reads nothing.
 template <class T>
 void zero_gradients(const BackwardArgs<T>& b) {
-  auto zero = [](const TensorView<T, 4>& g) {
-    for (index_t i0 = 0; i0 < g.extent(0); ++i0)
-      for (index_t i1 = 0; i1 < g.extent(1); ++i1)
-        for (index_t i2 = 0; i2 < g.extent(2); ++i2)
-          for (index_t i3 = 0; i3 < g.extent(3); ++i3) g(i0, i1, i2, i3) = T(0);
+  auto zero = [](const ElementView<T, true>& g) {
+    g.visit([](const auto& view) {
+      using E = std::remove_reference_t<decltype(view(0, 0, 0, 0))>;
+      for (index_t i0 = 0; i0 < view.extent(0); ++i0)
+        for (index_t i1 = 0; i1 < view.extent(1); ++i1)
+          for (index_t i2 = 0; i2 < view.extent(2); ++i2)
+            for (index_t i3 = 0; i3 < view.extent(3); ++i3) view(i0, i1, i2, i3) = E(0);
+    });
   };
   zero(b.dq1);
   zero(b.dk1);

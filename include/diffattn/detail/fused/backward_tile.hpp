@@ -16,7 +16,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <limits>
+#include <type_traits>
 
+#include "diffattn/detail/fused/element_views.hpp"
 #include "diffattn/detail/fused/online_softmax.hpp"
 #include "diffattn/detail/fused/scores.hpp"
 #include "diffattn/detail/fused/tile.hpp"
@@ -30,12 +32,13 @@ namespace diffattn {
 namespace detail {
 
 /// A validated backward call: the forward's arguments (FusedArgs::out unused), the
-/// incoming gradient and the gradient outputs.
+/// incoming gradient and the gradient outputs. As in the forward, the tensors may hold
+/// bf16 or f16 (T = float): dout q's type or float, each gradient its input's or float.
 template <class T>
 struct BackwardArgs {
   FusedArgs<T> forward;
-  TensorView<const T, 4> dout;
-  TensorView<T, 4> dq1, dq2, dk1, dk2, dv;
+  ElementView<T> dout;
+  ElementView<T, true> dq1, dq2, dk1, dk2, dv;
   /// dλ of every query row, [B, Hq, Nq] row-major (diff only); the caller sums it into
   /// dlambda's broadcast shape.
   T* dlambda_rows = nullptr;
@@ -62,6 +65,7 @@ struct BackwardWorkspace {
   ScratchArray<T> q_rows1, q_rows2;      // Q [rows_pad, d_pad], unscaled
   ScratchArray<T> p_tile, ds1, ds2;      // [key_tile, rows_pad]
   ScratchArray<T> key_rows;              // a key tile [key_tile, d_pad] for dQ += dS·K
+  ScratchArray<T> value_rows;            // half-precision V: a key tile [key_tile, Dv] in T
   ScratchArray<T> dq_acc1, dq_acc2;      // [rows_pad, d_pad]
   ScratchArray<T> row_stats;             // D̃1, D̃2, rescale2, λ/l2 [rows_pad each]
   ScratchArray<T> dk_acc1, dk_acc2, dv_acc;  // one segment's dK, dV [Nk, pad] (unsegmented calls)
@@ -75,6 +79,7 @@ struct BackwardWorkspace {
     return size_add(tile_part, size_mul(maps + 1, keys, rows_pad), size_mul(2, FusedPlan::key_tiles(keys) + 1, rows_pad),
                     size_mul(p.value_dim, rows_pad), size_mul(rows_pad, size_add(sz.dv_pad, size_mul(2 * maps, sz.d_pad))),
                     size_mul(3 + 1, FusedPlan::key_tile, size_add(rows_pad, sz.d_pad)), size_mul(4, rows_pad),
+                    size_mul(FusedPlan::key_tile, p.value_dim),
                     own_accumulators ? size_mul(keys, size_add(size_mul(maps, sz.d_pad), sz.dv_pad)) : 0);
   }
 
@@ -98,6 +103,7 @@ struct BackwardWorkspace {
     p_tile.reserve(size_mul(FusedPlan::key_tile, rows_pad));
     ds1.reserve(size_mul(FusedPlan::key_tile, rows_pad));
     key_rows.reserve(size_mul(FusedPlan::key_tile, sz.d_pad));
+    value_rows.reserve(size_mul(FusedPlan::key_tile, std::max<index_t>(p.value_dim, 1)));
     row_stats.reserve(size_mul(4, rows_pad));
     if (own_accumulators) {
       dk_acc1.reserve(size_mul(keys, sz.d_pad));
@@ -117,15 +123,20 @@ struct KeyGradients {
 };
 
 /// The tile's rows of `x` (q or dout: head tile.head(r), position tile.position(r)),
-/// row-major [rows_pad, width_pad], zero-padded.
+/// row-major [rows_pad, width_pad] in T, zero-padded.
 template <class T>
-void pack_tile_rows(TensorView<const T, 4> x, const AttentionProblem& p, const QueryTile& tile, index_t rows_pad,
+void pack_tile_rows(const ElementView<T>& x, const AttentionProblem& p, const QueryTile& tile, index_t rows_pad,
                     index_t width, index_t width_pad, T* dst) {
   const index_t rows = p.group * tile.positions();
-  for (index_t r = 0; r < rows; ++r) {
-    const T* src = width > 0 ? &x(tile.batch, tile.head(p, r), tile.position(r), 0) : nullptr;
-    std::copy(src, src + width, dst + r * width_pad);
-    std::fill(dst + r * width_pad + width, dst + (r + 1) * width_pad, T(0));
+  if (width > 0) {
+    x.visit([&](const auto& view) {
+      for (index_t r = 0; r < rows; ++r) {
+        pack_rows(&view(tile.batch, tile.head(p, r), tile.position(r), 0), 0, 1, width, width_pad,
+                  dst + r * width_pad);
+      }
+    });
+  } else {
+    std::fill(dst, dst + rows * width_pad, T(0));
   }
   std::fill(dst + rows * width_pad, dst + rows_pad * width_pad, T(0));
 }
@@ -153,20 +164,34 @@ void online_row_dot(T* acc, const T* rescale, const T* e, const T* dp, index_t r
   }
 }
 
-/// Calls f(rows, stride) with the K rows of keys [first, first + count) of `k` as the
-/// dQ product reads them: in place when they are adjacent and a whole number of batches
-/// wide, else copied zero-padded to d_pad.
+/// Calls f(rows, stride) with the rows of keys [first, first + count) of `x` (K or V) in
+/// T: in place when they hold T and are `width_pad` wide, else converted into `buffer`,
+/// zero-padded to width_pad.
 template <class T, class F>
-void with_key_rows(TensorView<const T, 4> k, const QueryTile& tile, index_t first, index_t count, index_t d_pad,
-                   T* buffer, F&& f) {
-  const T* src = &k(tile.batch, tile.kv_head, first, 0);
-  const index_t depth = k.extent(3);
-  if (depth == d_pad) {
-    f(src, k.stride(2));
-    return;
+void with_rows_in(const ElementView<T>& x, const QueryTile& tile, index_t first, index_t count, index_t width_pad,
+                  T* buffer, F&& f) {
+  x.visit([&](const auto& view) {
+    const auto* src = &view(tile.batch, tile.kv_head, first, 0);
+    const index_t width = view.extent(3);
+    if constexpr (std::is_same_v<std::remove_const_t<std::remove_pointer_t<decltype(src)>>, T>) {
+      if (width == width_pad) {
+        f(src, view.stride(2));
+        return;
+      }
+    }
+    pack_rows(src, view.stride(2), count, width, width_pad, buffer);
+    f(static_cast<const T*>(buffer), width_pad);
+  });
+}
+
+/// dst[0, width) = src converted to dst's element type.
+template <class T, class E>
+void convert_row(const T* src, index_t width, E* dst) {
+  if constexpr (std::is_same_v<T, E>) {
+    std::copy(src, src + width, dst);
+  } else {
+    for (index_t c = 0; c < width; ++c) dst[c] = convert_element<E>(src[c]);
   }
-  pack_rows(src, k.stride(2), count, depth, d_pad, buffer);
-  f(static_cast<const T*>(buffer), d_pad);
 }
 
 /// The backward pass of one query tile: writes its rows of dq1 (and dq2), their dλ, and
@@ -194,17 +219,14 @@ void backward_tile(const BackwardArgs<T>& b, const TileContext<T>& c, BackwardWo
   const T scale = static_cast<T>(p.scale);
 
   pack_tile_queries(c);
-  pack_tile_rows(a.q1.compute_view(), p, tile, rows_pad, p.head_dim, sz.d_pad, w.q_rows1.data());
-  if (diff) pack_tile_rows(a.q2.compute_view(), p, tile, rows_pad, p.head_dim, sz.d_pad, w.q_rows2.data());
+  pack_tile_rows(a.q1, p, tile, rows_pad, p.head_dim, sz.d_pad, w.q_rows1.data());
+  if (diff) pack_tile_rows(a.q2, p, tile, rows_pad, p.head_dim, sz.d_pad, w.q_rows2.data());
   pack_tile_rows(b.dout, p, tile, rows_pad, p.value_dim, sz.dv_pad, w.do_rows.data());
   {
     AttentionProblem values = p;  // dOᵀ packs as queries of depth Dv, unscaled
     values.head_dim = p.value_dim;
-    pack_queries(b.dout, values, tile, rows_pad, false, T(1), w.dot.data());
+    b.dout.visit([&](const auto& view) { pack_queries(view, values, tile, rows_pad, false, T(1), w.dot.data()); });
   }
-  const TensorView<const T, 4> k1 = a.k1.compute_view();
-  const TensorView<const T, 4> k2 = diff ? a.k2.compute_view() : k1;
-  const TensorView<const T, 4> v = a.v.compute_view();
 
   std::fill(m1, m1 + rows_pad, -std::numeric_limits<T>::infinity());
   std::fill(m2, m2 + rows_pad, -std::numeric_limits<T>::infinity());
@@ -217,8 +239,9 @@ void backward_tile(const BackwardArgs<T>& b, const TileContext<T>& c, BackwardWo
     const index_t count = std::min(key_tile, key_end - j0);
     T* dp = w.dpt.data() + j0 * rows_pad;
     if (p.value_dim > 0) {
-      score_tile(&v(tile.batch, tile.kv_head, j0, 0), v.stride(2), count, w.dot.data(), rows_pad, rows_pad,
-                 p.value_dim, dp, rows_pad);
+      with_rows_in(a.v, tile, j0, count, p.value_dim, w.value_rows.data(), [&](const T* values, index_t stride) {
+        score_tile(values, stride, count, w.dot.data(), rows_pad, rows_pad, p.value_dim, dp, rows_pad);
+      });
     } else {
       std::fill(dp, dp + count * rows_pad, T(0));
     }
@@ -311,21 +334,23 @@ void backward_tile(const BackwardArgs<T>& b, const TileContext<T>& c, BackwardWo
                  grads.dv + j0 * sz.dv_pad, sz.dv_pad);
     }
     if (p.head_dim == 0) continue;
-    auto score_gradients = [&](const T* ds, const T* q_rows, const TensorView<const T, 4>& k, T* dk, T* dq) {
+    auto score_gradients = [&](const T* ds, const T* q_rows, const ElementView<T>& k, T* dk, T* dq) {
       value_tile(ds, index_t{1}, rows_pad, count, rows, q_rows, sz.d_pad, sz.d_pad, dk + j0 * sz.d_pad, sz.d_pad);
-      with_key_rows(k, tile, j0, count, sz.d_pad, w.key_rows.data(), [&](const T* keys, index_t key_stride) {
+      with_rows_in(k, tile, j0, count, sz.d_pad, w.key_rows.data(), [&](const T* keys, index_t key_stride) {
         value_tile(ds, rows_pad, index_t{1}, rows, count, keys, key_stride, sz.d_pad, dq, sz.d_pad);
       });
     };
-    score_gradients(ds1, w.q_rows1.data(), k1, grads.dk1, w.dq_acc1.data());
-    if (diff) score_gradients(ds2, w.q_rows2.data(), k2, grads.dk2, w.dq_acc2.data());
+    score_gradients(ds1, w.q_rows1.data(), a.k1, grads.dk1, w.dq_acc1.data());
+    if (diff) score_gradients(ds2, w.q_rows2.data(), a.k2, grads.dk2, w.dq_acc2.data());
   }
 
-  auto write_dq = [&](const T* acc, const TensorView<T, 4>& dq) {
-    for (index_t r = 0; r < rows; ++r) {
-      if (p.head_dim == 0) break;
-      std::copy(acc + r * sz.d_pad, acc + r * sz.d_pad + p.head_dim, &dq(tile.batch, tile.head(p, r), tile.position(r), 0));
-    }
+  auto write_dq = [&](const T* acc, const ElementView<T, true>& dq) {
+    if (p.head_dim == 0) return;
+    dq.visit([&](const auto& view) {
+      for (index_t r = 0; r < rows; ++r) {
+        convert_row(acc + r * sz.d_pad, p.head_dim, &view(tile.batch, tile.head(p, r), tile.position(r), 0));
+      }
+    });
   };
   write_dq(w.dq_acc1.data(), b.dq1);
   if (diff) write_dq(w.dq_acc2.data(), b.dq2);
