@@ -32,12 +32,13 @@ files may change when regenerated, but they stay self-consistent.
 """
 
 import json
-import math
 import os
-import struct
 import sys
 
 import torch
+
+# The blocks' fixture script: the λ_init schedule and the safetensors writer.
+from make_fixtures import lambda_init, save_safetensors
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
                        "backward")
@@ -64,11 +65,6 @@ FIXTURES = {
         batch=1, q_heads=2, kv_heads=2, q_len=10, k_len=6, dim=4, v_dim=4, causal=True,
         lambda_mode="per_head", lambda_shape=[1]),
 }
-
-
-def lambda_init(layer):
-    """The paper's schedule for the 1-based layer index (reference: depth = layer - 1)."""
-    return 0.8 - 0.6 * math.exp(-0.3 * (layer - 1))
 
 
 def attention_weights(q, k, scale, causal):
@@ -179,29 +175,6 @@ def resolve(cfg):
     cfg["scale_used"] = cfg["scale"] if cfg["scale"] else cfg["dim"] ** -0.5
     cfg["lambda_init"] = lambda_init(cfg["layer"]) if cfg["lambda_mode"] == "reparam" else 0.0
     return cfg
-
-
-def save_safetensors(path, tensors, metadata):
-    """The safetensors format: u64 little-endian header length, JSON header (names sorted,
-    padded with spaces to 8 bytes), then the row-major little-endian data."""
-    dtypes = {torch.float32: "F32", torch.float64: "F64"}
-    header = {"__metadata__": metadata}
-    blobs = []
-    offset = 0
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        data = t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
 
 
 def main():

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cmath>
+#include <initializer_list>
 #include <stdexcept>
 
 #include "diffattn/errors.hpp"
@@ -32,6 +33,20 @@ double dot_in_double(TensorView<A, 1> a, TensorView<B, 1> b) {
     sum += static_cast<double>(a(i)) * static_cast<double>(b(i));
   }
   return sum;
+}
+
+/// The four gradients of lambda_reparam_backward: a distinct element per index, no memory
+/// shared with an input or with each other.
+template <class T, std::size_t Rank>
+void check_reparam_gradients(const char* fn, TensorView<T, Rank> d_q1, TensorView<T, Rank> d_k1,
+                             TensorView<T, Rank> d_q2, TensorView<T, Rank> d_k2,
+                             std::initializer_list<NamedRange> inputs) {
+  check_output(fn, "d_q1", d_q1);
+  check_output(fn, "d_k1", d_k1);
+  check_output(fn, "d_q2", d_q2);
+  check_output(fn, "d_k2", d_k2);
+  check_outputs_apart(fn, {named("d_q1", d_q1), named("d_k1", d_k1), named("d_q2", d_q2), named("d_k2", d_k2)},
+                      inputs);
 }
 
 }  // namespace detail
@@ -89,15 +104,9 @@ void lambda_reparam_backward(detail::identity_t<TensorView<const T, 1>> lambda_q
   const index_t widths[7] = {lambda_k1.extent(0), lambda_q2.extent(0), lambda_k2.extent(0), d_q1.extent(0),
                              d_k1.extent(0), d_q2.extent(0), d_k2.extent(0)};
   for (int i = 0; i < 7; ++i) detail::check_extent(fn, names[i], 0, "d", lambda_q1.extent(0), widths[i]);
-  detail::check_output(fn, "d_q1", d_q1);
-  detail::check_output(fn, "d_k1", d_k1);
-  detail::check_output(fn, "d_q2", d_q2);
-  detail::check_output(fn, "d_k2", d_k2);
-  detail::check_outputs_apart(fn,
-                              {detail::named("d_q1", d_q1), detail::named("d_k1", d_k1), detail::named("d_q2", d_q2),
-                               detail::named("d_k2", d_k2)},
-                              {detail::named("lambda_q1", lambda_q1), detail::named("lambda_k1", lambda_k1),
-                               detail::named("lambda_q2", lambda_q2), detail::named("lambda_k2", lambda_k2)});
+  detail::check_reparam_gradients(fn, d_q1, d_k1, d_q2, d_k2,
+                                  {detail::named("lambda_q1", lambda_q1), detail::named("lambda_k1", lambda_k1),
+                                   detail::named("lambda_q2", lambda_q2), detail::named("lambda_k2", lambda_k2)});
   const double g1 = dlambda * std::exp(detail::dot_in_double(lambda_q1, lambda_k1));
   const double g2 = -dlambda * std::exp(detail::dot_in_double(lambda_q2, lambda_k2));
   for (index_t c = 0; c < lambda_q1.extent(0); ++c) {
@@ -127,16 +136,10 @@ void lambda_reparam_backward(detail::identity_t<TensorView<const T, 2>> lambda_q
     detail::check_extent(fn, names[i], 1, "d", lambda_q1.extent(1), shapes[i][1]);
   }
   detail::check_extent(fn, "dlambda", 0, "H", lambda_q1.extent(0), dlambda.extent(0));
-  detail::check_output(fn, "d_q1", d_q1);
-  detail::check_output(fn, "d_k1", d_k1);
-  detail::check_output(fn, "d_q2", d_q2);
-  detail::check_output(fn, "d_k2", d_k2);
-  detail::check_outputs_apart(fn,
-                              {detail::named("d_q1", d_q1), detail::named("d_k1", d_k1), detail::named("d_q2", d_q2),
-                               detail::named("d_k2", d_k2)},
-                              {detail::named("lambda_q1", lambda_q1), detail::named("lambda_k1", lambda_k1),
-                               detail::named("lambda_q2", lambda_q2), detail::named("lambda_k2", lambda_k2),
-                               detail::named("dlambda", dlambda)});
+  detail::check_reparam_gradients(fn, d_q1, d_k1, d_q2, d_k2,
+                                  {detail::named("lambda_q1", lambda_q1), detail::named("lambda_k1", lambda_k1),
+                                   detail::named("lambda_q2", lambda_q2), detail::named("lambda_k2", lambda_k2),
+                                   detail::named("dlambda", dlambda)});
   for (index_t h = 0; h < lambda_q1.extent(0); ++h) {
     lambda_reparam_backward<T>(lambda_q1.select(0, h), lambda_k1.select(0, h), lambda_q2.select(0, h),
                                lambda_k2.select(0, h), static_cast<double>(dlambda(h)), d_q1.select(0, h),
