@@ -45,8 +45,9 @@
 /// - ε = (160 + 6·⌈Nk/64⌉ + 6·⌈Nq·group/64⌉ + D + Dv)·u + 2·ε_logit, with u and ε_logit as in
 ///   the forward's bound (attention.hpp): the weights carry the forward's rounding, each
 ///   gradient sums keys (or rows) 64 to a chunk as the forward's P·V does, and dP and the
-///   scores are fp32 dot products of length Dv and D. Doubled for dk when dk1 and dk2 are
-///   one view (it holds two sums).
+///   scores are fp32 dot products of length Dv and D; plus the reference's own rounding,
+///   (2·(Nk + Nq·group) + 16)·2⁻⁵³, which matters for double only. Doubled for dk when dk1
+///   and dk2 are one view (it holds two sums).
 /// Half precision: the float bound holds for what the kernel computes from the (exact)
 /// half values; a gradient stored in bf16 or f16 adds its rounding, 2⁻⁸ (bf16) or 2⁻¹¹
 /// (f16) of its largest magnitude.
